@@ -1,0 +1,84 @@
+"""The `dualpath` command line.
+
+Bad arguments and bad input are one line on stderr (`FILE:LINE: FIELD: problem` where a file is
+involved) and exit code 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from traces.errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`prog: problem`) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse API)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> Parser:
+    from harness import cli_trace
+
+    parser = Parser(prog="dualpath", description="Benchmark and replay agentic LLM inference with "
+                    "KV-cache loading from storage (DualPath reproduction).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    cli_trace.register(sub)
+    try:
+        from harness import cli_run
+    except ImportError:  # pragma: no cover - during bootstrap only
+        cli_run = None
+    if cli_run is not None:
+        cli_run.register(sub)
+    return parser
+
+
+def emit_json(obj) -> None:
+    """Write one JSON document to stdout (the only thing on stdout under --json)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InputError as exc:
+        if debug:
+            raise
+        print(exc.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("dualpath: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

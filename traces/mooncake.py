@@ -1,0 +1,251 @@
+"""Mooncake FAST'25 trace rows <-> our trace format.
+
+A Mooncake row is `{"timestamp": ms, "input_length": int, "output_length": int, "hash_ids": [int]}`,
+where each hash id names one block of the prompt (prefix hashes; the last block may be partial, so
+`len(hash_ids) == ceil(input_length / block_size)`). Our export adds `session_id` and `round` (and
+`delay`, ms of tool latency, when non-zero), which import reads back.
+
+Plain rows carry no session: import infers agents from prefix chains. A request continues an earlier
+request's session when its hash ids start with *all* of that request's full blocks (at least 2: block 0
+is a system prompt shared by every request of the conversation trace), that request has no
+continuation yet, and its input holds the earlier input plus output; otherwise it starts a new agent.
+Such traces are marked `agents: inferred`, and their cached tokens come from the hash ids (an infinite
+prefix cache), not from the client-side context rule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from traces.errors import InputError
+from traces.io import atomic_path, open_text
+from traces.schema import DEFAULT_BLOCK_SIZE, Trace, arrow_schema, validate_table
+
+FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+MIN_CHAIN_BLOCKS = 2
+
+
+# ----- parsing ------------------------------------------------------------------------------------
+def parse_row(obj, block_size: int, path: str | None = None, line: int | None = None) -> dict:
+    """Validate one decoded Mooncake row; raise `FILE:LINE: FIELD: problem` on anything wrong."""
+    def err(field, problem):
+        return InputError(problem, path=path, line=line, field=field)
+
+    if not isinstance(obj, dict):
+        raise err(None, "expected a JSON object")
+    for f in FIELDS:
+        if f not in obj:
+            raise err(f, "missing field")
+    ts = obj["timestamp"]
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise err("timestamp", f"expected a number of milliseconds, got {ts!r}")
+    if ts < 0:
+        raise err("timestamp", f"negative timestamp {ts}")
+    for f in ("input_length", "output_length"):
+        v = obj[f]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise err(f, f"expected an integer, got {v!r}")
+        if v < 0:
+            raise err(f, f"negative length {v}")
+    if obj["input_length"] == 0:
+        raise err("input_length", "a request needs at least one prompt token")
+    ids = obj["hash_ids"]
+    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in ids):
+        raise err("hash_ids", "expected a list of integers")
+    want = -(-obj["input_length"] // block_size)
+    if len(ids) != want:
+        raise err("hash_ids", f"has {len(ids)} ids, expected ceil(input_length {obj['input_length']} / "
+                              f"block size {block_size}) = {want}")
+    row = {"timestamp": float(ts), "input_length": obj["input_length"],
+           "output_length": obj["output_length"], "hash_ids": ids}
+    if "session_id" in obj or "round" in obj:
+        sid, rnd = obj.get("session_id"), obj.get("round")
+        if sid is None or isinstance(sid, bool) or not isinstance(sid, (str, int)):
+            raise err("session_id", f"expected a string or integer with 'round', got {sid!r}")
+        if rnd is None or isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            raise err("round", f"expected an integer >= 0 with 'session_id', got {rnd!r}")
+        row["session_id"], row["round"] = str(sid), rnd
+    delay = obj.get("delay", 0)
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+        raise err("delay", f"expected milliseconds >= 0, got {delay!r}")
+    row["delay"] = float(delay)
+    return row
+
+
+def read_rows(path: str, block_size: int) -> list[dict]:
+    rows = []
+    with open_text(path) as fh:
+        try:
+            for lineno, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON ({exc.msg})", path=path, line=lineno) from None
+                row = parse_row(obj, block_size, path, lineno)
+                row["line"] = lineno
+                rows.append(row)
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read ({exc})", path=path) from None
+    if not rows:
+        raise InputError("no rows", path=path)
+    keyed = sum("session_id" in r for r in rows)
+    if 0 < keyed < len(rows):
+        bad = next(r for r in rows if "session_id" not in r)
+        raise InputError("some rows carry session_id/round and this one does not", path=path,
+                         line=bad["line"], field="session_id")
+    return rows
+
+
+# ----- import -------------------------------------------------------------------------------------
+def import_mooncake(path: str, *, block_size: int | None = None) -> Trace:
+    bs = block_size or DEFAULT_BLOCK_SIZE
+    rows = read_rows(str(path), bs)
+    if "session_id" in rows[0]:
+        agent_rows = _known_sessions(rows, str(path))
+        agents = "known"
+    else:
+        agent_rows = _infer_sessions(rows, bs)
+        agents = "inferred"
+    ids, rnd, app, gen, tool, arr, hashes = [], [], [], [], [], [], []
+    for a, chain in enumerate(agent_rows):
+        name = rows[chain[0]]["session_id"] if agents == "known" else f"s{a:05d}"
+        context = 0
+        for r, i in enumerate(chain):
+            row = rows[i]
+            if row["input_length"] < context:
+                raise InputError(f"{row['input_length']} is shorter than the session's context so far "
+                                 f"({context} = previous input + output)", path=str(path),
+                                 line=row["line"], field="input_length")
+            ids.append(name)
+            rnd.append(r)
+            app.append(row["input_length"] - context)
+            gen.append(row["output_length"])
+            tool.append(row["delay"] / 1000.0 if r > 0 else 0.0)
+            arr.append(row["timestamp"] / 1000.0)
+            hashes.append(row["hash_ids"])
+            context = row["input_length"] + row["output_length"]
+    cols = {"agent_id": ids, "round": rnd, "append_tokens": app, "gen_tokens": gen, "tool_latency_s": tool}
+    if any(a > 0 for a in arr):
+        cols["arrival_s"] = arr
+    cols["hash_ids"] = hashes
+    meta = {"block_size": bs, "source": f"mooncake:{os.path.basename(str(path))}", "agents": agents,
+            "generator": "dualpath-bench traces.mooncake import"}
+    table = pa.table({c: v for c, v in cols.items()}, schema=arrow_schema(list(cols), meta))
+    return Trace(validate_table(table, str(path)), meta)
+
+
+def _known_sessions(rows: list[dict], path: str) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r["session_id"], []).append(i)
+    out = []
+    for sid, idx in groups.items():
+        idx.sort(key=lambda i: rows[i]["round"])
+        for expected, i in enumerate(idx):
+            if rows[i]["round"] != expected:
+                raise InputError(f"session {sid!r} has round {rows[i]['round']} where round {expected} "
+                                 "was expected (rounds must be 0, 1, 2, ... without gaps or repeats)",
+                                 path=path, line=rows[i]["line"], field="round")
+        out.append(idx)
+    return out
+
+
+def _infer_sessions(rows: list[dict], block_size: int) -> list[list[int]]:
+    """Chains of requests, each continuing the deepest earlier request whose full blocks it extends."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["timestamp"])  # stable: file order on ties
+    trie: dict[tuple[int, int], int] = {}
+    owner: dict[int, int] = {}  # trie node -> latest row whose full-block prefix ends there
+    continued: set[int] = set()
+    chain_of: dict[int, int] = {}
+    chains: list[list[int]] = []
+    for i in order:
+        ids = rows[i]["hash_ids"]
+        node, parent = 0, -1
+        path_nodes = []
+        for h in ids:
+            nxt = trie.get((node, h))
+            if nxt is None:
+                break
+            node = nxt
+            path_nodes.append(node)
+        for d in range(len(path_nodes), MIN_CHAIN_BLOCKS - 1, -1):
+            cand = owner.get(path_nodes[d - 1])
+            if cand is not None and cand not in continued:
+                p = rows[cand]
+                if rows[i]["input_length"] >= p["input_length"] + p["output_length"]:
+                    parent = cand
+                break
+        # insert the rest of this request's blocks, remember where its full-block prefix ends
+        node = path_nodes[-1] if path_nodes else 0
+        for h in ids[len(path_nodes):]:
+            nxt = len(trie) + 1
+            trie[(node, h)] = nxt
+            node = nxt
+            path_nodes.append(node)
+        n_full = rows[i]["input_length"] // block_size
+        if n_full >= MIN_CHAIN_BLOCKS:
+            owner[path_nodes[n_full - 1]] = i
+        if parent >= 0:
+            continued.add(parent)
+            chain_of[i] = chain_of[parent]
+            chains[chain_of[i]].append(i)
+        else:
+            chain_of[i] = len(chains)
+            chains.append([i])
+    return chains
+
+
+# ----- export -------------------------------------------------------------------------------------
+def export_hash_ids(trace: Trace, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix-block hash ids of every round's whole prompt: (offsets, values).
+
+    A full block of an agent's prompt keeps its id in every later round (its tokens never change);
+    a partial last block gets an id of its own (the next round fills it with other tokens).
+    """
+    prompt = trace.prompt_tokens()
+    agent = trace.agent_index()
+    n_full = prompt // block_size
+    partial = (prompt % block_size) > 0
+    per_agent_full = np.zeros(int(agent[-1]) + 1, dtype=np.int64)
+    np.maximum.at(per_agent_full, agent, n_full)
+    base = np.concatenate(([0], np.cumsum(per_agent_full)[:-1]))
+    partial_base = int(per_agent_full.sum())
+    lengths = n_full + partial
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    total = int(offsets[-1])
+    values = np.empty(total, dtype=np.int64)
+    row_of = np.repeat(np.arange(len(prompt)), lengths)
+    pos = np.arange(total) - offsets[:-1][row_of]
+    is_partial = pos >= n_full[row_of]
+    values[~is_partial] = base[agent[row_of[~is_partial]]] + pos[~is_partial]
+    values[is_partial] = partial_base + row_of[is_partial]
+    return offsets, values
+
+
+def export_mooncake(trace: Trace, path: str, *, block_size: int | None = None) -> None:
+    bs = block_size or trace.block_size
+    if not str(path).endswith(".jsonl"):
+        raise InputError("Mooncake output must end in .jsonl", field="-o")
+    offsets, values = export_hash_ids(trace, bs)
+    prompt = trace.prompt_tokens().tolist()
+    gen = trace.col("gen_tokens").tolist()
+    agent = trace.col("agent_id").tolist()
+    rnd = trace.col("round").tolist()
+    tool = trace.col("tool_latency_s").tolist()
+    arrival = trace.col("arrival_s").tolist() if trace.has("arrival_s") else None
+    vals = values.tolist()
+    off = offsets.tolist()
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for i in range(len(prompt)):
+            row = {"timestamp": round(arrival[i] * 1000.0, 3) if arrival else 0,
+                   "input_length": prompt[i], "output_length": gen[i],
+                   "hash_ids": vals[off[i]:off[i + 1]], "session_id": agent[i], "round": rnd[i]}
+            if tool[i] > 0:
+                row["delay"] = round(tool[i] * 1000.0, 3)
+            fh.write(json.dumps(row, separators=(",", ":")) + "\n")

@@ -1,0 +1,182 @@
+"""The trace contract (DESIGN.md "Contracts"): one row per round, grouped by agent, rounds from 0.
+
+A round's prompt is the agent's whole context so far (all earlier appends and generations) plus its
+append; its expected cached tokens are the context before its append, or, for imported rounds whose
+agents were inferred, the leading hash-id blocks an infinite cache has already seen.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from traces.errors import InputError
+
+REQUIRED = ("agent_id", "round", "append_tokens", "gen_tokens", "tool_latency_s")
+OPTIONAL = ("arrival_s", "hash_ids")
+ARROW_TYPES = {
+    "agent_id": pa.string(),
+    "round": pa.int64(),
+    "append_tokens": pa.int64(),
+    "gen_tokens": pa.int64(),
+    "tool_latency_s": pa.float64(),
+    "arrival_s": pa.float64(),
+    "hash_ids": pa.list_(pa.int64()),
+}
+# File-level metadata keys (all stored as strings in Parquet key-value metadata).
+META_KEYS = ("block_size", "source", "generator", "seed", "agents", "params")
+DEFAULT_BLOCK_SIZE = 512
+
+
+def arrow_schema(columns, meta: dict | None = None) -> pa.Schema:
+    fields = [pa.field(c, ARROW_TYPES[c], nullable=(c in OPTIONAL)) for c in columns]
+    return pa.schema(fields, metadata=encode_meta(meta or {}))
+
+
+def encode_meta(meta: dict) -> dict[bytes, bytes]:
+    out = {}
+    for k, v in meta.items():
+        if v is None:
+            continue
+        out[k.encode()] = (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)).encode()
+    return out
+
+
+def decode_meta(raw: dict | None) -> dict:
+    meta: dict = {}
+    for k, v in (raw or {}).items():
+        key = k.decode() if isinstance(k, bytes) else k
+        if key.startswith("pandas") or key.startswith("ARROW"):
+            continue
+        text = v.decode() if isinstance(v, bytes) else v
+        meta[key] = json.loads(text) if key == "params" else text
+    if "block_size" in meta:
+        meta["block_size"] = int(meta["block_size"])
+    return meta
+
+
+@dataclass
+class Trace:
+    """A validated trace: an Arrow table (rows grouped by agent, rounds 0..n-1) and its metadata."""
+
+    table: pa.Table
+    meta: dict = field(default_factory=dict)
+
+    # ----- column access -------------------------------------------------------------------------
+    def col(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy(zero_copy_only=False)
+
+    def has(self, name: str) -> bool:
+        return name in self.table.column_names
+
+    @property
+    def num_rounds(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def block_size(self) -> int:
+        return int(self.meta.get("block_size", DEFAULT_BLOCK_SIZE))
+
+    @property
+    def agents_known(self) -> bool:
+        """False for traces whose agents were inferred from hash-id chains (plain Mooncake rows)."""
+        return self.meta.get("agents", "known") != "inferred"
+
+    # ----- derived per-round quantities ----------------------------------------------------------
+    def agent_starts(self) -> np.ndarray:
+        """Row index where each agent's round 0 is (rows are grouped by agent)."""
+        return np.flatnonzero(self.col("round") == 0)
+
+    def agent_index(self) -> np.ndarray:
+        """For every row, the index (0..agents-1) of its agent."""
+        return np.cumsum(self.col("round") == 0) - 1
+
+    def context_before(self) -> np.ndarray:
+        """Tokens of the agent's context before each round's append (earlier appends + generations)."""
+        inc = self.col("append_tokens") + self.col("gen_tokens")
+        csum = np.cumsum(inc)
+        starts = self.agent_starts()
+        agent = self.agent_index()
+        base = np.concatenate(([0], csum))[starts][agent]
+        return csum - inc - base
+
+    def prompt_tokens(self) -> np.ndarray:
+        return self.context_before() + self.col("append_tokens")
+
+    def expected_cached_tokens(self) -> np.ndarray:
+        """What the trace says can be reused: the client-side rule for known agents, else hash ids."""
+        if self.agents_known or not self.has("hash_ids"):
+            return self.context_before()
+        from traces.hits import infinite_cache_hits
+        return infinite_cache_hits(self.table.column("hash_ids").combine_chunks(), self.prompt_tokens(),
+                                   self.block_size, order=self.arrival_order())
+
+    def arrival_order(self) -> np.ndarray | None:
+        """Row order by original timestamp (for hash-id hits replayed in the order they were seen)."""
+        if not self.has("arrival_s"):
+            return None
+        return np.argsort(self.col("arrival_s"), kind="stable")
+
+
+def validate_table(table: pa.Table, path: str | None = None) -> pa.Table:
+    """Check columns, types and the row structure; return the table in contract order and types."""
+    names = table.column_names
+    for c in REQUIRED:
+        if c not in names:
+            raise InputError("missing column", path=path, field=c)
+    cols = [c for c in REQUIRED + OPTIONAL if c in names]
+    try:
+        table = table.select(cols).cast(arrow_schema(cols, None), safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise InputError(f"wrong column type ({exc})", path=path) from None
+    for c in cols:
+        nulls = table.column(c).null_count
+        if nulls and c not in OPTIONAL:
+            row = _first_true(np.asarray(table.column(c).is_null()))
+            raise InputError("missing value", path=path, line=row + 1, field=c)
+    for c in ("append_tokens", "gen_tokens"):
+        v = table.column(c).to_numpy()
+        bad = v < 0
+        if bad.any():
+            row = _first_true(bad)
+            raise InputError(f"negative length {v[row]}", path=path, line=row + 1, field=c)
+    lat = table.column("tool_latency_s").to_numpy()
+    bad = ~(lat >= 0) | ~np.isfinite(lat)
+    if bad.any():
+        row = _first_true(bad)
+        raise InputError(f"must be a finite number >= 0, got {lat[row]}", path=path, line=row + 1,
+                         field="tool_latency_s")
+    check_rounds(table.column("agent_id").to_numpy(zero_copy_only=False),
+                 table.column("round").to_numpy(), path)
+    return table
+
+
+def check_rounds(agent_ids: np.ndarray, rounds: np.ndarray, path: str | None) -> None:
+    """Rows must be grouped by agent with rounds 0, 1, 2, ... in order."""
+    n = len(rounds)
+    if n == 0:
+        raise InputError("trace has no rounds", path=path)
+    new_agent = np.ones(n, dtype=bool)
+    new_agent[1:] = agent_ids[1:] != agent_ids[:-1]
+    expected = np.arange(n) - np.maximum.accumulate(np.where(new_agent, np.arange(n), 0))
+    bad = rounds != expected
+    if bad.any():
+        row = _first_true(bad)
+        raise InputError(f"expected round {expected[row]} of agent {agent_ids[row]!r}, got {rounds[row]} "
+                         "(rows must be grouped by agent, rounds 0, 1, 2, ...)", path=path, line=row + 1,
+                         field="round")
+    starts = np.flatnonzero(new_agent)
+    ids = agent_ids[starts]
+    if len(set(ids.tolist())) != len(ids):
+        seen: set = set()
+        for s, a in zip(starts, ids):
+            if a in seen:
+                raise InputError(f"agent {a!r} appears in two separate groups of rows", path=path,
+                                 line=int(s) + 1, field="agent_id")
+            seen.add(a)
+
+
+def _first_true(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])

@@ -1,0 +1,237 @@
+"""Synthetic agentic trajectories (the paper's workloads, reference/paper.md §5).
+
+The model, per agent:
+- an append intensity `s` (lognormal across agents, mean 1): agents whose tool outputs are large fill
+  their context fast and so run fewer turns; this is what makes per-agent append and turns
+  negatively correlated, as Table 2 requires (mean of turns x per-round size is far below the
+  product of the means);
+- round 0 appends the task prompt (`first_append_mean`, lognormal); every later round appends
+  `s x lognormal(append)` tokens and generates `lognormal(gen)` tokens; a round's prompt is the whole
+  context so far plus its append;
+- a token budget: `full_fraction` of the agents run until their context is full (the preset's maximum
+  context length, MAL); the others stop earlier, at a uniformly drawn fraction (from
+  `early_stop_min`) of the context left after round 0 (tasks solved or abandoned early);
+- a turn limit (`turns_max_ratio` x `turns_mean`), the RL rollout's turn cap, which bounds the tail.
+
+The three targets `turns_mean`, `append_mean` and `gen_mean` are realised means (Table 2
+definitions, traces/stats.py); the generator solves for the latent append scale, gen scale and
+intensity spread that produce them on a fixed pilot population, so a flag like `--append-mean 600`
+means what `trace stats` will show. The shape parameters are shared by the three paper presets and
+were fitted once to Table 2's total and context means (traces/presets.py).
+
+Agent-level draws are stratified (each latent's uniforms are a random permutation of the N strata),
+so the means of a 500-agent trace stay within a few percent of the population's for any seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from statistics import NormalDist
+
+import numpy as np
+import pyarrow as pa
+
+from traces.errors import InputError
+from traces.schema import DEFAULT_BLOCK_SIZE, Trace, arrow_schema
+from traces.stats import table2_means
+
+PILOT_AGENTS = 2000
+PILOT_SEED = 20260225  # the paper's v1 date; any fixed value works
+CHUNK_AGENTS = 4096  # bounds memory: rounds are drawn as (agents x turn limit) matrices per chunk
+_inv_cdf = np.frompyfunc(NormalDist().inv_cdf, 1, 1)
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Every knob of the generator. Targets first, then the shape (see module docstring)."""
+
+    max_context: int
+    turns_mean: float
+    append_mean: float
+    gen_mean: float
+    tool_latency_mean: float = 0.0
+    block_size: int = DEFAULT_BLOCK_SIZE
+    first_append_mean: float = 4000.0
+    first_append_sigma: float = 0.3
+    full_fraction: float = 0.7
+    early_stop_min: float = 0.1
+    append_sigma: float = 0.5
+    gen_sigma: float = 0.8
+    intensity_tail_z: float = 2.5
+    turns_max_ratio: float = 2.5
+    tool_latency_sigma: float = 1.0
+
+    def validate(self) -> "SynthParams":
+        positive = ("max_context", "turns_mean", "append_mean", "gen_mean", "block_size",
+                    "first_append_mean", "intensity_tail_z", "turns_max_ratio")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
+        for name in ("tool_latency_mean", "first_append_sigma", "append_sigma", "gen_sigma",
+                     "tool_latency_sigma"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        for name in ("full_fraction", "early_stop_min"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
+        if self.turns_max_ratio < 1:
+            raise InputError(f"must be >= 1, got {self.turns_max_ratio}", field="turns_max_ratio")
+        if self.append_mean + self.gen_mean >= self.max_context:
+            raise InputError("append_mean + gen_mean must be below max_context", field="max_context")
+        return self
+
+    @property
+    def turns_max(self) -> int:
+        return max(1, int(round(self.turns_max_ratio * self.turns_mean)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class Latent:
+    """What the solver finds: the pre-truncation scales that realise the targets."""
+
+    append_scale: float
+    gen_scale: float
+    intensity_sigma: float
+
+
+# ----- sampling -----------------------------------------------------------------------------------
+def _lognormal(mean: float, sigma: float, z):
+    """Lognormal with the given *mean* from standard normal draws z."""
+    return np.exp(np.log(mean) - 0.5 * sigma * sigma + sigma * z)
+
+
+def _strata(rng: np.random.Generator, n: int) -> np.ndarray:
+    return (rng.permutation(n) + rng.random(n)) / n
+
+
+def _agent_latents(p: SynthParams, lat: Latent, n: int, rng: np.random.Generator):
+    """Stratified per-agent intensity, token budget and first append."""
+    u_s, u_f, u_first = _strata(rng, n), _strata(rng, n), _strata(rng, n)
+    z_lo = NormalDist().cdf(-p.intensity_tail_z)
+    z = _inv_cdf(z_lo + u_s * (1 - 2 * z_lo)).astype(float)
+    s = np.exp(lat.intensity_sigma * z)
+    s /= s.mean()
+    first = _lognormal(p.first_append_mean, p.first_append_sigma,
+                       _inv_cdf(np.clip(u_first, 1e-12, 1 - 1e-12)).astype(float))
+    early = u_f < 1 - p.full_fraction
+    frac = np.where(early, p.early_stop_min + (1 - p.early_stop_min) * u_f / max(1e-12, 1 - p.full_fraction), 1.0)
+    return s, first, frac
+
+
+def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Generator):
+    """Rounds of a chunk of agents: (turns, append matrix, gen matrix), matrices cut at `turns`."""
+    n, cap = len(s), p.turns_max
+    gen = np.maximum(1, np.rint(_lognormal(lat.gen_scale, p.gen_sigma, rng.standard_normal((n, cap))))).astype(np.int64)
+    app = np.rint(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))))
+    app = np.maximum(1, app).astype(np.int64)
+    app[:, 0] = np.clip(np.rint(first), 1, np.maximum(1, p.max_context - gen[:, 0]))
+    budget = app[:, 0] + gen[:, 0] + frac * (p.max_context - app[:, 0] - gen[:, 0])
+    context_after = np.cumsum(app + gen, axis=1)
+    over = context_after > budget[:, None] + 1e-9
+    over[:, 0] = False  # round 0 always runs
+    turns = np.where(over.any(axis=1), over.argmax(axis=1), cap)
+    return turns, app, gen
+
+
+def _flatten(turns, mat):
+    keep = np.arange(mat.shape[1])[None, :] < turns[:, None]
+    return mat[keep]
+
+
+def _pilot_means(p: SynthParams, lat: Latent) -> dict:
+    rng = np.random.default_rng(PILOT_SEED)
+    s, first, frac = _agent_latents(p, lat, PILOT_AGENTS, rng)
+    turns, app, gen = _sample_chunk(p, lat, s, first, frac, rng)
+    agent = np.repeat(np.arange(PILOT_AGENTS), turns)
+    return table2_means(agent, _flatten(turns, app), _flatten(turns, gen))
+
+
+# ----- solving for the latent scales --------------------------------------------------------------
+_SOLVED: dict[tuple, Latent] = {}
+
+
+def solve_latent(p: SynthParams, *, tol: float = 0.002, max_iter: int = 80) -> Latent:
+    """Find the latent scales whose pilot population realises the three targets (memoised)."""
+    key = tuple(sorted(p.as_dict().items()))
+    if key in _SOLVED:
+        return _SOLVED[key]
+    lat = Latent(p.append_mean * 0.8, p.gen_mean, 1.0)
+    worst = math.inf
+    for _ in range(max_iter):
+        m = _pilot_means(p, lat)
+        ra = p.append_mean / m["append_mean"]
+        rg = p.gen_mean / m["gen_mean"]
+        rn = p.turns_mean / m["turns_mean"]
+        worst = max(abs(ra - 1), abs(rg - 1), abs(rn - 1))
+        if worst <= tol:
+            _SOLVED[key] = lat
+            return lat
+        sigma = min(4.0, max(0.0, lat.intensity_sigma * rn ** 0.7 + (0.02 if rn > 1 and lat.intensity_sigma < 0.05 else 0)))
+        lat = Latent(lat.append_scale * ra, lat.gen_scale * rg, sigma)
+    m = _pilot_means(p, lat)
+    raise InputError(
+        f"these targets are out of reach of the generator (closest: turns {m['turns_mean']:.0f}, append "
+        f"{m['append_mean']:.0f}, gen {m['gen_mean']:.0f} for max_context {p.max_context}); "
+        "fewer turns, shorter rounds or a longer max_context fit together", field="turns_mean")
+
+
+# ----- the generator ------------------------------------------------------------------------------
+def synthesize(p: SynthParams, agents: int, seed: int, *, source: str = "synth", progress=None) -> Trace:
+    """Generate `agents` trajectories; the same parameters and seed give the same trace, bit for bit."""
+    p.validate()
+    if agents < 1:
+        raise InputError(f"must be >= 1, got {agents}", field="agents")
+    lat = solve_latent(p)
+    rng = np.random.default_rng(seed)
+    s, first, frac = _agent_latents(p, lat, agents, rng)
+    width = max(5, len(str(agents - 1)))
+    ids, rnd, app_out, gen_out, lat_out = [], [], [], [], []
+    for lo in range(0, agents, CHUNK_AGENTS):
+        hi = min(agents, lo + CHUNK_AGENTS)
+        turns, app, gen = _sample_chunk(p, lat, s[lo:hi], first[lo:hi], frac[lo:hi], rng)
+        n_rows = int(turns.sum())
+        if p.tool_latency_mean > 0:
+            tool = _lognormal(p.tool_latency_mean, p.tool_latency_sigma, rng.standard_normal((hi - lo, p.turns_max)))
+            tool[:, 0] = 0.0
+            lat_out.append(_flatten(turns, tool))
+        else:
+            lat_out.append(np.zeros(n_rows))
+        names = np.array([f"a{i:0{width}d}" for i in range(lo, hi)], dtype=object)
+        ids.append(np.repeat(names, turns))
+        starts = np.concatenate(([0], np.cumsum(turns)[:-1]))
+        rnd.append(np.arange(n_rows) - np.repeat(starts, turns))
+        app_out.append(_flatten(turns, app))
+        gen_out.append(_flatten(turns, gen))
+        if progress is not None:
+            progress(hi - lo)
+    cols = ["agent_id", "round", "append_tokens", "gen_tokens", "tool_latency_s"]
+    meta = {
+        "block_size": p.block_size,
+        "source": source,
+        "generator": "dualpath-bench traces.synth v1",
+        "seed": seed,
+        "agents": "known",
+        "params": {**p.as_dict(), "latent": asdict(lat)},
+    }
+    table = pa.table(
+        [pa.array(np.concatenate(ids), type=pa.string()), pa.array(np.concatenate(rnd)),
+         pa.array(np.concatenate(app_out)), pa.array(np.concatenate(gen_out)),
+         pa.array(np.concatenate(lat_out), type=pa.float64())],
+        schema=arrow_schema(cols, meta))
+    return Trace(table, meta)
+
+
+def params_with(base: SynthParams, **overrides) -> SynthParams:
+    """`base` with the given (non-None) fields replaced."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(clean) - set(SynthParams.names())
+    if unknown:
+        raise InputError(f"unknown generator parameter(s) {sorted(unknown)} (allowed: {', '.join(SynthParams.names())})")
+    return replace(base, **clean)
