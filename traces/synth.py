@@ -6,8 +6,12 @@ The model, per agent:
   negatively correlated, as Table 2 requires (mean of turns x per-round size is far below the
   product of the means);
 - round 0 appends the task prompt (`first_append_mean`, lognormal); every later round appends
-  `s x lognormal(append)` tokens and generates `lognormal(gen)` tokens; a round's prompt is the whole
-  context so far plus its append;
+  `s x lognormal(append)` tokens and generates `s^gen_coupling x lognormal(gen)` tokens (at most
+  `gen_max`, the rollout's per-turn limit); a round's prompt is the whole context so far plus its
+  append. With `gen_coupling` > 0, agents that run many short rounds also generate less per round, so
+  the per-request mean generation is well below Table 2's per-agent mean: the paper's own low-load
+  figures need that (Fig. 10/11 at 0.1 APS: JCT 570 s over 157 rounds with TTFT 0.8 s and TPOT 31 ms
+  leaves (570/157 - 0.8)/0.031 ~ 92 generated tokens per request, not 176);
 - a token budget: `full_fraction` of the agents run until their context is full (the preset's maximum
   context length, MAL); the others stop earlier, at a uniformly drawn fraction (from
   `early_stop_min`) of the context left after round 0 (tasks solved or abandoned early);
@@ -51,23 +55,25 @@ class SynthParams:
     gen_mean: float
     tool_latency_mean: float = 0.0
     block_size: int = DEFAULT_BLOCK_SIZE
-    first_append_mean: float = 4000.0
+    first_append_mean: float = 5500.0
     first_append_sigma: float = 0.3
-    full_fraction: float = 0.7
+    full_fraction: float = 0.72
     early_stop_min: float = 0.1
     append_sigma: float = 0.5
-    gen_sigma: float = 0.8
+    gen_sigma: float = 0.5
+    gen_coupling: float = 1.5
+    gen_max: int = 8192
     intensity_tail_z: float = 2.5
     turns_max_ratio: float = 2.5
     tool_latency_sigma: float = 1.0
 
     def validate(self) -> "SynthParams":
-        positive = ("max_context", "turns_mean", "append_mean", "gen_mean", "block_size",
+        positive = ("max_context", "turns_mean", "append_mean", "gen_mean", "block_size", "gen_max",
                     "first_append_mean", "intensity_tail_z", "turns_max_ratio")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
-        for name in ("tool_latency_mean", "first_append_sigma", "append_sigma", "gen_sigma",
+        for name in ("tool_latency_mean", "first_append_sigma", "append_sigma", "gen_sigma", "gen_coupling",
                      "tool_latency_sigma"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
@@ -128,7 +134,8 @@ def _agent_latents(p: SynthParams, lat: Latent, n: int, rng: np.random.Generator
 def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Generator):
     """Rounds of a chunk of agents: (turns, append matrix, gen matrix), matrices cut at `turns`."""
     n, cap = len(s), p.turns_max
-    gen = np.maximum(1, np.rint(_lognormal(lat.gen_scale, p.gen_sigma, rng.standard_normal((n, cap))))).astype(np.int64)
+    gen_scale = lat.gen_scale * s[:, None] ** p.gen_coupling if p.gen_coupling else lat.gen_scale
+    gen = np.clip(np.rint(_lognormal(gen_scale, p.gen_sigma, rng.standard_normal((n, cap)))), 1, p.gen_max).astype(np.int64)
     app = np.rint(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))))
     app = np.maximum(1, app).astype(np.int64)
     app[:, 0] = np.clip(np.rint(first), 1, np.maximum(1, p.max_context - gen[:, 0]))

@@ -1,0 +1,54 @@
+"""Intra-PE batching (reference/paper.md 4.5).
+
+A request in a forward batch is (cached, bsz): tokens whose KV is available and tokens to compute.
+DualPath packs requests FIFO until the predicted attention time reaches the compute quota, and
+binary-searches the chunk of the request that would go over it; the rest carries over. The baseline
+packs whole requests only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int        # position in the engine's ready queue
+    cached: int       # KV tokens available (storage hit + earlier chunks)
+    tokens: int       # tokens to compute in this batch
+    attention_s: float
+
+
+def pack_chunked(queue: Sequence[tuple[int, int]], attention_s: Callable[[int, int], float],
+                 max_chunk: Callable[[int, int, float], int], quota_s: float) -> list[BatchItem]:
+    """queue: (cached, remaining new tokens) per ready request, FIFO. Fill the quota exactly."""
+    out: list[BatchItem] = []
+    used = 0.0
+    for i, (cached, remaining) in enumerate(queue):
+        t = attention_s(cached, remaining)
+        if used + t <= quota_s:
+            out.append(BatchItem(i, cached, remaining, t))
+            used += t
+            continue
+        chunk = max_chunk(cached, remaining, quota_s - used)
+        if chunk <= 0 and not out:
+            chunk = 1  # a single token over the quota still has to make progress
+        if chunk > 0:
+            t = attention_s(cached, chunk)
+            out.append(BatchItem(i, cached, chunk, t))
+        break
+    return out
+
+
+def pack_whole(queue: Sequence[tuple[int, int]], attention_s: Callable[[int, int], float],
+               quota_s: float) -> list[BatchItem]:
+    """Baseline: whole requests FIFO while the attention time stays within the quota (at least one)."""
+    out: list[BatchItem] = []
+    used = 0.0
+    for i, (cached, remaining) in enumerate(queue):
+        t = attention_s(cached, remaining)
+        if out and used + t > quota_s:
+            break
+        out.append(BatchItem(i, cached, remaining, t))
+        used += t
+    return out

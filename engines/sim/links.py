@@ -1,0 +1,181 @@
+"""Links as processor-sharing resources, flows over them, and per-window byte telemetry.
+
+A flow moves bytes over a path of links (one flow per request per hop). Its rate is its max-min fair
+share approximated link by link: the smallest `capacity / active flows` over the links it crosses.
+This is exact for single-link flows (storage reads) and whenever one link is every flow's bottleneck,
+and it never lets a link carry more than its capacity. Metered links (DRAM) record bytes without
+constraining. Rates change only when a flow starts or ends on a shared link; completion events carry
+a version number so superseded ones are ignored.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from engines.sim.core import EventLoop
+
+TRAFFIC = ("kv_read", "kv_transfer", "kv_write", "h2d", "other")
+_TRAFFIC_INDEX = {t: i for i, t in enumerate(TRAFFIC)}
+
+
+class Link:
+    __slots__ = ("id", "node", "name", "direction", "capacity", "flows")
+
+    def __init__(self, id: int, node: int, name: str, direction: str, capacity: float | None):
+        self.id = id
+        self.node = node
+        self.name = name
+        self.direction = direction
+        self.capacity = capacity  # bytes/s; None = metered only
+        self.flows: dict[Flow, None] = {}  # insertion-ordered: runs are deterministic
+
+
+class Flow:
+    __slots__ = ("left", "rate", "t_last", "links", "cols", "on_done", "version")
+
+    def __init__(self, size: float, links: tuple, cols: list, on_done: Callable[[], None], now: float):
+        self.left = size
+        self.rate = 0.0
+        self.t_last = now
+        self.links = links
+        self.cols = cols          # telemetry columns this flow's bytes are counted in
+        self.on_done = on_done
+        self.version = 0
+
+
+class Network:
+    """All links of the cluster and the flows on them."""
+
+    def __init__(self, loop: EventLoop, window_s: float):
+        self.loop = loop
+        self.window_s = window_s
+        self.links: list[Link] = []
+        self.windows: list[list[float]] = []  # windows[w][link.id * len(TRAFFIC) + traffic] = bytes
+        self.active = 0
+
+    def add_link(self, node: int, name: str, direction: str, capacity: float | None) -> Link:
+        link = Link(len(self.links), node, name, direction, capacity)
+        self.links.append(link)
+        for row in self.windows:
+            row.extend([0.0] * len(TRAFFIC))
+        return link
+
+    # ----- flows -------------------------------------------------------------------------------
+    def start(self, size: float, links: tuple, meters: tuple, traffic: str, on_done: Callable[[], None]) -> Flow:
+        """Start moving `size` bytes over `links` (constraining) and `meters` (recorded only)."""
+        now = self.loop.now
+        t = _TRAFFIC_INDEX[traffic]
+        nt = len(TRAFFIC)
+        flow = Flow(float(size), links, [link.id * nt + t for link in links + meters], on_done, now)
+        if size <= 0:
+            self.loop.at(now, on_done)
+            return flow
+        self.active += 1
+        touched: dict[Flow, None] = {}
+        for link in links:
+            link.flows[flow] = None
+            touched.update(link.flows)
+        touched[flow] = None
+        self._rerate(touched, now)
+        return flow
+
+    def _advance(self, flow: Flow, now: float) -> None:
+        """Account the bytes a flow moved since its last update."""
+        dt = now - flow.t_last
+        if dt > 0 and flow.rate > 0:
+            moved = min(flow.left, flow.rate * dt)
+            flow.left -= moved
+            self._record(flow, flow.t_last, now, moved)
+        flow.t_last = now
+
+    def _rerate(self, flows, now: float) -> None:
+        loop = self.loop
+        for flow in flows:
+            rate = math.inf
+            for link in flow.links:
+                share = link.capacity / len(link.flows)
+                if share < rate:
+                    rate = share
+            if rate == math.inf:
+                rate = 1e18  # no constraining link: effectively instantaneous
+            if rate != flow.rate:
+                self._advance(flow, now)
+                flow.rate = rate
+                flow.version += 1
+                loop.at(now + flow.left / rate, self._done, flow, flow.version)
+
+    def _done(self, flow: Flow, version: int) -> None:
+        if version != flow.version:
+            return
+        now = self.loop.now
+        self._advance(flow, now)
+        flow.left = 0.0
+        flow.version += 1
+        self.active -= 1
+        touched: dict[Flow, None] = {}
+        for link in flow.links:
+            link.flows.pop(flow, None)
+            touched.update(link.flows)
+        if touched:
+            self._rerate(touched, now)
+        flow.on_done()
+
+    # ----- telemetry ---------------------------------------------------------------------------
+    def record(self, links: tuple, traffic: str, t0: float, t1: float, nbytes: float) -> None:
+        """Count bytes that moved without a flow (e.g. write-backs, which never constrain a link)."""
+        nt = len(TRAFFIC)
+        t = _TRAFFIC_INDEX[traffic]
+        probe = Flow(nbytes, (), [link.id * nt + t for link in links], _noop, t0)
+        self._record(probe, t0, max(t1, t0), nbytes)
+
+    def _record(self, flow: Flow, t0: float, t1: float, moved: float) -> None:
+        ws = self.window_s
+        w0, w1 = int(t0 / ws), int(t1 / ws)
+        windows = self.windows
+        if len(windows) <= w1:
+            width = len(self.links) * len(TRAFFIC)
+            while len(windows) <= w1:
+                windows.append([0.0] * width)
+        cols = flow.cols
+        if w0 == w1:
+            row = windows[w0]
+            for c in cols:
+                row[c] += moved
+            return
+        span = t1 - t0
+        for w in range(w0, w1 + 1):
+            overlap = min(t1, (w + 1) * ws) - max(t0, w * ws)
+            if overlap <= 0:
+                continue
+            part = moved * overlap / span
+            row = windows[w]
+            for c in cols:
+                row[c] += part
+
+    def telemetry_rows(self, system: str, node_names: dict[int, str]) -> dict[str, list]:
+        """The links contract (DESIGN.md): one row per (window, link, direction, traffic) with bytes."""
+        import numpy as np
+
+        nt = len(TRAFFIC)
+        width = len(self.links) * nt
+        grid = np.array([row + [0.0] * (width - len(row)) for row in self.windows], dtype=float).reshape(-1, width)
+        w, c = np.nonzero(grid > 0.5)
+        link_idx = c // nt
+        ws = self.window_s
+        node = np.array([node_names[link.node] for link in self.links], dtype=object)
+        name = np.array([link.name for link in self.links], dtype=object)
+        direction = np.array([link.direction for link in self.links], dtype=object)
+        traffic = np.array(TRAFFIC, dtype=object)
+        return {
+            "system": [system] * len(w),
+            "t_start": (w * ws).tolist(),
+            "t_end": ((w + 1) * ws).tolist(),
+            "node": node[link_idx].tolist(),
+            "link": name[link_idx].tolist(),
+            "direction": direction[link_idx].tolist(),
+            "bytes": np.rint(grid[w, c]).astype(np.int64).tolist(),
+            "traffic": traffic[c % nt].tolist(),
+        }
+
+def _noop() -> None:
+    return None

@@ -1,0 +1,328 @@
+"""A simulated run of one system over a trace: scheduling, storage reads, transfers and completion.
+
+A round's life (DESIGN.md "Engine semantics"): it arrives (open loop across agents, closed loop inside
+one) and waits in the global queue until the scheduler gives it a (PE, DE) pair, promising DE HBM for
+its whole decode, and a read side; its hit KV is read from storage into that side's node buffer (node
+read queue, bounded parallelism, the buffer's free space); the PE prefills it (layer-wise or whole-
+request); the KV lands in the DE buffer, is copied to DE HBM, and decoding runs; the new KV is written
+back to storage as a small low-priority flow. `oracle` skips every read, copy and transfer.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import numpy as np
+
+from engines.policy import (choose_de_least_loaded, choose_de_paper, choose_group, choose_pe_least_loaded,
+                            choose_pe_paper, read_side_pe_only, read_side_round_robin,
+                            read_side_shorter_queue, z_threshold)
+from engines.policy.systems import SystemPolicy
+from engines.sim.cluster import Cluster, ClusterShape, Engine, Node
+from engines.sim.core import EventLoop
+from engines.sim.decode import DecodeGroup
+from engines.sim.links import Network
+from engines.sim.prefill import PrefillGroup
+from engines.sim.records import Recorder
+from engines.sim.request import Request
+from engines.spec.cost import CostModel
+
+Z_WINDOW = 512  # queued requests the DE scheduler looks at to compute Z
+
+
+class Simulation:
+    def __init__(self, workload, policy: SystemPolicy, cost: CostModel, shape: ClusterShape, *,
+                 window_s: float, sink, progress=None):
+        self.loop = EventLoop()
+        self.net = Network(self.loop, window_s)
+        self.cost = cost
+        self.k = cost.k
+        self.policy = policy
+        self.layerwise = policy.layerwise
+        self.free_io = policy.free_io
+        self.cluster = Cluster(shape, cost, self.net)
+        self.w = workload
+        self.queue: deque[Request] = deque()
+        self.dirty = False
+        self.progress = progress
+        self.groups = [PrefillGroup(i, g, self) for i, g in enumerate(self.cluster.pe_groups)]
+        self.decoders = [DecodeGroup(g, self.loop, cost, self.finish) for g in self.cluster.de_groups]
+        self.rec = Recorder(policy.name, sink, self.cluster, window_s, workload.agent_ids)
+        self.alpha = cost.alpha_tokens()
+        self.beta = cost.beta_tokens(workload.hit_mean, workload.new_mean)
+        if policy.read_sides == "shorter-queue":
+            self.choose_side = read_side_shorter_queue
+        elif policy.read_sides == "round-robin":
+            self.choose_side = read_side_round_robin()
+        else:
+            self.choose_side = read_side_pe_only
+        self.agents_left = workload.agents
+        self.agent_done_t = np.full(workload.agents, np.nan)
+
+    # ----- run ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        w = self.w
+        for a in range(w.agents):
+            self.loop.at(w.first_send(a), self.arrive, a, 0)
+        self.rec.start_sampler(self.loop, lambda: self.agents_left > 0)
+        self.loop.run()
+        self.rec.finish(self.net, self.w, self.agent_done_t)
+        return {"events": self.loop.events, "makespan_s": float(np.nanmax(self.agent_done_t)) if w.agents else 0.0,
+                "alpha_tokens": self.alpha, "beta_tokens": self.beta}
+
+    def arrive(self, a: int, r: int) -> None:
+        w = self.w
+        i = w.offsets[a] + r
+        req = Request(a, r, int(w.prompt[i]), int(w.hit[i]), int(w.gen[i]), self.loop.now, self.cost.kv_bytes_per_token)
+        self.queue.append(req)
+        self.mark_dirty()
+
+    def mark_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.loop.at(self.loop.now, self.schedule)
+
+    def read_q(self, node: int) -> float:
+        return self.cluster.nodes[node].read_q_tokens
+
+    # ----- the global scheduler ----------------------------------------------------------------
+    def schedule(self) -> None:
+        self.dirty = False
+        queue = self.queue
+        if not queue:
+            return
+        pes, des, groups = self.cluster.pes, self.cluster.des, self.cluster.de_groups
+        paper = self.policy.paper_scheduler
+        z = None
+        if paper:
+            z = [z_threshold(((r.length, r.hbm_need) for r in itertools.islice(queue, Z_WINDOW)), g,
+                             self.k.de_z_factor) for g in groups]
+        while queue:
+            req = queue[0]
+            if paper:
+                p = choose_pe_paper(pes, self.read_q, self.alpha, self.beta)
+                if p < 0:
+                    break
+                g = choose_group(groups) if len(groups) > 1 else 0
+                d = choose_de_paper(req.length, req.hbm_need, groups[g], z[g])
+                de = groups[g][d] if d >= 0 else None
+            else:
+                p = choose_pe_least_loaded(pes)
+                d = choose_de_least_loaded(req.hbm_need, des)
+                de = des[d] if d >= 0 else None
+            if de is None:
+                break
+            queue.popleft()
+            pe = pes[p]
+            pe.tok += req.length
+            pe.seq += 1
+            de.tok += req.length
+            de.seq += 1
+            de.hbm_free_bytes -= req.hbm_need
+            self.dispatch(req, pe, de)
+
+    def dispatch(self, req: Request, pe: Engine, de: Engine) -> None:
+        req.t_dispatch = self.loop.now
+        req.pe, req.de = pe, de
+        if self.free_io or req.hit == 0:
+            req.read_side = "none"
+            req.t_read_start = req.t_read_done = self.loop.now
+            self.pe_ready(req)
+            return
+        req.read_side = self.choose_side(pe.node, de.node, self.read_q)
+        node = self.cluster.nodes[pe.node if req.read_side == "pe" else de.node]
+        node.read_queue.append(req)
+        node.read_q_tokens += req.hit
+        self.pump_reads(node)
+
+    # ----- storage reads and staging buffers -----------------------------------------------------
+    def reserve(self, node: Node, nbytes: float) -> None:
+        node.dram_used += nbytes
+
+    def release(self, node: Node, nbytes: float) -> None:
+        node.dram_used -= nbytes
+        if node.dram_used < 1e-6:
+            node.dram_used = 0.0
+        self.pump_reads(node)
+        while node.dram_waiters:
+            if not node.dram_waiters[0]():
+                break
+            node.dram_waiters.popleft()
+
+    def pump_reads(self, node: Node) -> None:
+        k = self.k
+        while node.active_reads < k.read_parallelism and node.read_queue:
+            req = node.read_queue[0]
+            need = req.hit_bytes if req.read_side == "pe" else req.prompt_bytes
+            if node.dram_used + need > node.dram_cap and node.dram_used > 0:
+                return  # the staging buffer is full: the SNIC idles until a consumer frees it
+            node.read_queue.popleft()
+            self.reserve(node, need)
+            if req.read_side == "pe":
+                req.pe_dram = need
+            else:
+                req.de_dram = need
+            node.active_reads += 1
+            req.t_read_start = self.loop.now
+            self.loop.after(k.read_overhead_s, self.read_flow, node, req)
+
+    def read_flow(self, node: Node, req: Request) -> None:
+        req.read_bytes = int(req.hit_bytes)
+        self.net.start(req.hit_bytes, (node.snic_rx,), (node.dram_rx,), "kv_read", lambda: self.read_done(node, req))
+
+    def read_done(self, node: Node, req: Request) -> None:
+        node.active_reads -= 1
+        node.read_q_tokens -= req.hit
+        req.t_read_done = self.loop.now
+        self.pump_reads(node)
+        self.pe_ready(req)
+
+    # ----- prefill -----------------------------------------------------------------------------
+    def pe_ready(self, req: Request) -> None:
+        pe = req.pe
+        if self.layerwise or self.free_io:
+            pe.ready.append(req)
+            self.groups[pe.group].kick()
+            return
+        pe.hbm_waiters.append(req)  # whole-request prefill: all its KV must be in HBM first
+        self.pump_pe_hbm(pe)
+
+    def pump_pe_hbm(self, pe: Engine) -> None:
+        while pe.hbm_waiters:
+            req = pe.hbm_waiters[0]
+            need = req.prompt_bytes
+            if pe.hbm_used + need > pe.hbm_cap and pe.hbm_used > 0:
+                return
+            pe.hbm_waiters.popleft()
+            pe.hbm_used += need
+            req.pe_hbm = need
+            if req.hit_bytes > 0:
+                self.net.start(req.hit_bytes, (pe.cnic_tx, pe.cnic_rx), (self.cluster.nodes[pe.node].dram_tx,),
+                               "h2d", lambda r=req: self.h2d_done(r))
+            else:
+                self.h2d_done(req)
+
+    def h2d_done(self, req: Request) -> None:
+        pe = req.pe
+        if req.pe_dram:
+            self.release(self.cluster.nodes[pe.node], req.pe_dram)
+            req.pe_dram = 0.0
+        pe.ready.append(req)
+        self.groups[pe.group].kick()
+
+    def load_kv(self, pe: Engine, req: Request, nbytes: float, on_done) -> None:
+        """Layer-wise: stream a request's cached KV into the PE's HBM during a step."""
+        if req.read_side == "de":
+            de = req.de
+            self.net.start(nbytes, (de.cnic_tx, pe.cnic_rx), (self.cluster.nodes[de.node].dram_tx,),
+                           "kv_transfer", on_done)
+        else:
+            self.net.start(nbytes, (pe.cnic_tx, pe.cnic_rx), (self.cluster.nodes[pe.node].dram_tx,), "h2d", on_done)
+
+    def send_to_de(self, pe: Engine, req: Request, nbytes: float) -> None:
+        if nbytes <= 0:
+            return
+        de = req.de
+        req.outstanding += 1
+        self.net.start(nbytes, (pe.cnic_tx, de.cnic_rx), (self.cluster.nodes[de.node].dram_rx,), "kv_transfer",
+                       lambda: self.sent(req))
+
+    def sent(self, req: Request) -> None:
+        req.outstanding -= 1
+        if req.prefilled and req.outstanding == 0:
+            self.to_decode(req)
+
+    def prefill_done(self, pe: Engine, req: Request) -> None:
+        req.t_first = self.loop.now
+        req.prefilled = True
+        pe.tok -= req.length
+        pe.seq -= 1
+        if req.pe_dram:  # layer-wise PE path: the last chunk has loaded its KV
+            self.release(self.cluster.nodes[pe.node], req.pe_dram)
+            req.pe_dram = 0.0
+        if self.free_io:
+            self.to_decode(req)
+        elif not self.layerwise:
+            self.send_whole(req)
+        elif req.outstanding == 0:
+            self.to_decode(req)
+
+    def send_whole(self, req: Request) -> None:
+        """Whole-request prefill: after compute, move the prompt's KV to the DE buffer (when it has room)."""
+        node = self.cluster.nodes[req.de.node]
+
+        def attempt() -> bool:
+            if node.dram_used + req.prompt_bytes > node.dram_cap and node.dram_used > 0:
+                return False
+            self.reserve(node, req.prompt_bytes)
+            req.de_dram = req.prompt_bytes
+            pe = req.pe
+            req.outstanding += 1
+            self.net.start(req.prompt_bytes, (pe.cnic_tx, req.de.cnic_rx), (node.dram_rx,), "kv_transfer",
+                           lambda: self.whole_sent(req))
+            return True
+
+        if node.dram_waiters or not attempt():
+            node.dram_waiters.append(attempt)
+
+    def whole_sent(self, req: Request) -> None:
+        pe = req.pe
+        pe.hbm_used -= req.pe_hbm
+        req.pe_hbm = 0.0
+        self.pump_pe_hbm(pe)
+        self.sent(req)
+
+    # ----- decode ------------------------------------------------------------------------------
+    def to_decode(self, req: Request) -> None:
+        if req.gen <= 1:
+            self.loop.at(self.loop.now, self.finish_early, req)
+            return
+        if self.free_io:
+            self.decode_join(req)
+            return
+        de = req.de
+        node = self.cluster.nodes[de.node]
+        self.net.start(req.prompt_bytes, (de.cnic_tx, de.cnic_rx), (node.dram_tx,), "h2d", lambda: self.de_h2d_done(req))
+
+    def de_h2d_done(self, req: Request) -> None:
+        if req.de_dram:
+            self.release(self.cluster.nodes[req.de.node], req.de_dram)
+            req.de_dram = 0.0
+        self.decode_join(req)
+
+    def decode_join(self, req: Request) -> None:
+        req.t_decode = self.loop.now
+        req.t_second = self.decoders[req.de.group].join(req, req.de)
+
+    def finish_early(self, req: Request) -> None:
+        """A round with at most one output token is done when its first token is."""
+        if req.de_dram:
+            self.release(self.cluster.nodes[req.de.node], req.de_dram)
+            req.de_dram = 0.0
+        req.t_decode = req.t_second = self.loop.now
+        self.finish(req, req.de)
+
+    def finish(self, req: Request, de: Engine) -> None:
+        now = self.loop.now
+        req.t_done = now
+        de.tok -= req.length
+        de.seq -= 1
+        de.hbm_free_bytes += req.hbm_need
+        if not self.free_io:  # write-back of the new KV: low priority, never a bottleneck (~2 % of reads)
+            node = self.cluster.nodes[de.node]
+            nbytes = (req.new + req.gen) * req.kv
+            self.net.record((node.snic_tx, node.dram_tx), "kv_write", now, now + nbytes / node.snic_tx.capacity, nbytes)
+        self.rec.request(req, self.w)
+        if self.progress is not None:
+            self.progress(1)
+        w = self.w
+        a = req.agent
+        if req.round + 1 < w.rounds[a]:
+            self.loop.at(w.next_send(a, req.round + 1, now), self.arrive, a, req.round + 1)
+        else:
+            self.agent_done_t[a] = now
+            self.agents_left -= 1
+        self.mark_dirty()
+
+    def record_step(self, pe: Engine, batch, step_s: float, now: float) -> None:
+        self.rec.step(pe, batch, step_s, now, len(pe.ready), self.cluster.nodes[pe.node].read_q_tokens)

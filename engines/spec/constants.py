@@ -1,0 +1,64 @@
+"""Constants of the cost model and the scheduler, each with its source.
+
+Sources: [paper] stated in the paper; [spec] a spec sheet or published figure; [prior] a common
+value from reference/cost-model.md (BLIS, AIConfigurator, Mooncake, 3FS); [fitted] fitted on the
+calibration points only (Oracle and Basic JCT, DS 660B, 64K, 2P4D, 512 and 4,096 agents; see
+README "Calibration" and benchmarks/calibrate.py); [assumed] our choice where nothing is published.
+A scenario's `sim:` mapping overrides any of them by name.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from traces.errors import InputError
+
+
+@dataclass(frozen=True)
+class SimConstants:
+    # ----- storage and links -----
+    snic_efficiency: float = 0.86        # [fitted] share of SNIC line rate a KV read achieves
+    read_overhead_s: float = 0.002       # [fitted] fixed latency of one request's storage read
+    read_parallelism: int = 8            # [assumed] concurrent reads per node sharing its SNIC
+    cnic_efficiency: float = 0.8         # [prior] cost-model.md 2.4: eta_CNIC 0.8
+    # ----- prefill compute (fractions of peak) -----
+    prefill_efficiency: float = 1.0      # [fitted] scales the three MFUs below together
+    linear_mfu: float = 0.7              # [prior] FP8 GEMM MFU for >= 512-token batches (AIC/BLIS 0.6-0.75)
+    attention_mfu: float = 0.5           # [prior] BF16 attention kernels (FlashMLA) at long context
+    indexer_mfu: float = 0.5             # [prior] FP8 indexer scoring kernels
+    prefill_layer_overhead_s: float = 30e-6   # [prior] BLIS t_layer ~30 us
+    prefill_step_overhead_s: float = 0.2e-3   # [prior] BLIS t_step 0.1-0.2 ms
+    prefill_activation_gb: float = 6.0   # [assumed] HBM a prefill engine keeps for activations
+    # ----- decode compute -----
+    decode_weight_bw_efficiency: float = 0.8   # [prior] cost-model.md 2.2: HBM eta 0.8
+    decode_kv_bw_efficiency: float = 0.5       # [prior] BLIS beta2b ~1.9: KV reads at ~half of peak
+    decode_mfu: float = 0.3                    # [prior] BLIS MFU_dc ~0.3
+    decode_step_overhead_s: float = 0.2e-3     # [prior] BLIS t_step
+    decode_per_seq_s: float = 4e-6             # [prior] BLIS t_req ~4 us
+    ep_layer_latency_s: float = 0.25e-3        # [spec] DeepEP low-latency dispatch+combine per MoE layer
+    decode_activation_gb: float = 4.0          # [assumed]
+    # ----- scheduler (reference/paper.md 4) -----
+    compute_quota_s: float = 0.3         # [paper] intra-PE attention-time quota
+    alpha_read_s: float = 3.0            # [paper] alpha = tokens readable in 3 s
+    beta_compute_s: float = 5.0          # [paper] beta = tokens one GPU processes in 5 s
+    de_z_factor: float = 1.05            # [paper] Z factor of the DE scheduler
+    kv_block_tokens: int = 64            # [paper] persistence granularity ("e.g., 64 tokens")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def with_overrides(self, overrides: dict | None) -> "SimConstants":
+        if not overrides:
+            return self
+        clean = {}
+        types = {f.name: f.type for f in fields(self)}
+        for key, value in overrides.items():
+            if key not in types:
+                raise InputError(f"unknown simulator constant (allowed: {', '.join(types)})", field=f"sim.{key}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"expected a number >= 0, got {value!r}", field=f"sim.{key}")
+            clean[key] = int(value) if types[key] == "int" else float(value)
+        return replace(self, **clean)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

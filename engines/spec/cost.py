@@ -1,0 +1,178 @@
+"""The cost model (reference/cost-model.md 2): KV bytes, FLOPs and times of prefill and decode.
+
+Prefill on a GPU runs data-parallel attention (the attention-layer part: projections, sparse or dense
+attention, the DSA indexer) and expert-parallel FFN shared by the engine group; a group step takes the
+slowest GPU's attention plus the shared FFN. Decode is a roofline per GPU (weights and KV reads vs
+compute) plus per-layer expert-parallel all-to-all latency.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engines.spec.constants import SimConstants
+from engines.spec.profiles import HardwareSpec, ModelSpec
+
+
+def _sum_min(cached: int, new: int, cap: int) -> float:
+    """sum over q = 1..new of min(cached + q, cap): keys a query attends to under top-k selection."""
+    if new <= 0:
+        return 0.0
+    m = min(new, max(0, cap - cached))
+    return m * cached + m * (m + 1) / 2 + (new - m) * cap
+
+
+def _sum_ctx(cached: int, new: int) -> float:
+    """sum over q = 1..new of (cached + q): causal attention pairs of a chunk."""
+    return new * cached + new * (new + 1) / 2
+
+
+@dataclass(frozen=True)
+class CostModel:
+    model: ModelSpec
+    hw: HardwareSpec
+    k: SimConstants
+    prefill_ep: int   # GPUs sharing the experts in a prefill engine group (1: no expert parallelism)
+    decode_ep: int
+
+    # ----- sizes -------------------------------------------------------------------------------
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.model.kv_bytes_per_token
+
+    def kv_bytes(self, tokens: float) -> float:
+        return tokens * self.model.kv_bytes_per_token
+
+    @property
+    def is_moe(self) -> bool:
+        return self.model.moe_layers > 0 and self.model.expert_params > 0
+
+    def weight_bytes_per_gpu(self, ep: int) -> float:
+        m = self.model
+        experts = m.expert_params / max(1, ep) if self.is_moe else 0.0
+        return (m.shared_params + experts) * m.weight_bytes_per_param
+
+    def prefill_kv_capacity_bytes(self) -> float:
+        return max(0.0, self.hw.gpu.hbm_bytes - self.weight_bytes_per_gpu(self.prefill_ep)
+                   - self.k.prefill_activation_gb * 1e9)
+
+    def decode_kv_capacity_bytes(self) -> float:
+        return max(0.0, self.hw.gpu.hbm_bytes - self.weight_bytes_per_gpu(self.decode_ep)
+                   - self.k.decode_activation_gb * 1e9)
+
+    # ----- FLOP rates ---------------------------------------------------------------------------
+    @property
+    def _linear_peak(self) -> float:
+        g = self.hw.gpu
+        return g.peak_flops_fp8 if self.model.weight_bytes_per_param <= 1.0 else g.peak_flops_bf16
+
+    def _rate(self, peak: float, mfu: float) -> float:
+        return peak * mfu * self.k.prefill_efficiency
+
+    # ----- prefill ------------------------------------------------------------------------------
+    def attention_flops(self, cached: int, new: int) -> tuple[float, float]:
+        """(attention FLOPs, indexer FLOPs) of a chunk of `new` tokens on top of `cached`."""
+        m = self.model
+        if m.attention == "sparse-mla":
+            pair = 2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers
+            idx_pair = 2 * m.indexer_heads * m.indexer_dim * m.layers
+            return pair * _sum_min(cached, new, m.sparse_topk), idx_pair * _sum_ctx(cached, new)
+        if m.attention == "mla":
+            pair = 2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers
+            return pair * _sum_ctx(cached, new), 0.0
+        pair = 4 * m.attn_heads * m.head_dim * m.layers  # GQA/MHA: QK^T and PV
+        return pair * _sum_ctx(cached, new), 0.0
+
+    def prefill_attention_s(self, cached: int, new: int) -> float:
+        """Per-GPU attention-layer time of one chunk (projections + attention + indexer)."""
+        if new <= 0:
+            return 0.0
+        m, g, k = self.model, self.hw.gpu, self.k
+        attn, idx = self.attention_flops(cached, new)
+        proj = 2 * m.proj_params_per_layer * m.layers * new
+        return (attn / self._rate(g.peak_flops_bf16, k.attention_mfu)
+                + idx / self._rate(g.peak_flops_fp8, k.indexer_mfu)
+                + proj / self._rate(self._linear_peak, k.linear_mfu))
+
+    @property
+    def ffn_flops_per_token(self) -> float:
+        m = self.model
+        return 2 * (m.moe_layers * m.ffn_active_params_per_moe_layer + m.dense_layers * m.ffn_params_per_dense_layer)
+
+    def prefill_ffn_s(self, tokens: float, gpus: int) -> float:
+        """FFN time of `tokens` spread over `gpus` GPUs (the expert-parallel group, or 1)."""
+        return tokens * self.ffn_flops_per_token / (max(1, gpus) * self._rate(self._linear_peak, self.k.linear_mfu))
+
+    @property
+    def prefill_step_overhead_s(self) -> float:
+        return self.model.layers * self.k.prefill_layer_overhead_s + self.k.prefill_step_overhead_s
+
+    def max_chunk(self, cached: int, new: int, budget_s: float) -> int:
+        """Largest chunk (<= new tokens) whose attention time fits in budget_s (binary search)."""
+        lo, hi = 0, new
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.prefill_attention_s(cached, mid) <= budget_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def gpu_prompt_tokens_per_s(self, cached: float, new: float) -> float:
+        """Prompt tokens (hit included) one GPU processes per second on requests of this shape."""
+        t = self.prefill_attention_s(int(cached), max(1, int(new))) + self.prefill_ffn_s(max(1.0, new), 1)
+        return (cached + new) / t
+
+    # ----- decode -------------------------------------------------------------------------------
+    def decode_kv_read_bytes(self, ctx: float, min_ctx_topk: float) -> float:
+        """KV bytes one decode step reads for sequences with total context ctx (sum over the batch).
+
+        `min_ctx_topk` is the batch's sum of min(ctx_i, top-k) (sparse attention reads only the
+        selected keys; the indexer scans every key)."""
+        m = self.model
+        if m.attention == "sparse-mla":
+            idx_bytes = m.indexer_dim + 4
+            return m.layers * ((m.kv_bytes_per_token_layer - idx_bytes) * min_ctx_topk + idx_bytes * ctx)
+        return m.layers * m.kv_bytes_per_token_layer * ctx
+
+    def decode_step_s(self, batch: int, ctx: float, min_ctx_topk: float) -> float:
+        """Time of one decode iteration on a GPU holding `batch` sequences."""
+        if batch <= 0:
+            return 0.0
+        m, g, k = self.model, self.hw.gpu, self.k
+        weights = self.weight_bytes_per_gpu(self.decode_ep)
+        kv = self.decode_kv_read_bytes(ctx, min_ctx_topk)
+        memory = weights / (g.hbm_bw_bytes_s * k.decode_weight_bw_efficiency) + kv / (g.hbm_bw_bytes_s * k.decode_kv_bw_efficiency)
+        attn, idx = self._decode_attention_flops(ctx, min_ctx_topk)
+        flops = 2 * m.linear_params_per_token * batch + attn + idx
+        compute = flops / (self._linear_peak * k.decode_mfu)
+        ep = m.moe_layers * k.ep_layer_latency_s if self.is_moe and self.decode_ep > 1 else 0.0
+        return max(memory, compute) + ep + k.decode_step_overhead_s + batch * k.decode_per_seq_s
+
+    def _decode_attention_flops(self, ctx: float, min_ctx_topk: float) -> tuple[float, float]:
+        m = self.model
+        if m.attention == "sparse-mla":
+            return (2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers * min_ctx_topk,
+                    2 * m.indexer_heads * m.indexer_dim * m.layers * ctx)
+        if m.attention == "mla":
+            return 2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers * ctx, 0.0
+        return 4 * m.attn_heads * m.head_dim * m.layers * ctx, 0.0
+
+    def min_ctx_topk(self, ctx: float) -> float:
+        return min(ctx, self.model.sparse_topk) if self.model.attention == "sparse-mla" else ctx
+
+    # ----- links --------------------------------------------------------------------------------
+    @property
+    def snic_rate(self) -> float:
+        return self.hw.snic_bytes_s * self.k.snic_efficiency
+
+    @property
+    def cnic_rate(self) -> float:
+        return self.hw.cnic_bytes_s * self.k.cnic_efficiency
+
+    def alpha_tokens(self) -> float:
+        """The scheduler's alpha: tokens one node reads from storage in alpha_read_s."""
+        return self.snic_rate * self.k.alpha_read_s / self.kv_bytes_per_token
+
+    def beta_tokens(self, cached_mean: float, new_mean: float) -> float:
+        """The scheduler's beta: tokens one GPU processes in beta_compute_s (requests of the mean shape)."""
+        return self.gpu_prompt_tokens_per_s(cached_mean, new_mean) * self.k.beta_compute_s
