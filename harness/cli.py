@@ -59,7 +59,8 @@ def _json_default(o):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    command_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    debug = "--debug" in argv[:command_at]  # a global option: before the command
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)

@@ -114,6 +114,20 @@ def test_debug_raises_instead(cli, tmp_path):
     assert str(exc.value) == f"{tmp_path / 'missing.jsonl'}: no such file"
 
 
+DEBUG_AFTER = {"at-end": ["trace", "stats", "MISSING", "--debug"],
+               "after-trace": ["trace", "--debug", "stats", "MISSING"],
+               "after-stats": ["trace", "stats", "--debug", "MISSING"]}
+
+
+@pytest.mark.parametrize("args", list(DEBUG_AFTER.values()), ids=list(DEBUG_AFTER))
+def test_debug_only_before_the_command(cli, tmp_path, args):
+    """--debug is a global option: after the command argparse rejects it, as one line (no traceback)."""
+    res = cli(*[tmp_path / "missing.jsonl" if a == "MISSING" else a for a in args])
+    assert res.rc == 2
+    assert res.out == ""
+    assert res.err_lines == ["dualpath: unrecognized arguments: --debug"]
+
+
 # ----- --json -------------------------------------------------------------------------------------
 def test_json_output_is_one_object(cli, tmp_path, monkeypatch, mooncake_path):
     monkeypatch.setenv("DUALPATH_PROGRESS", "1")  # bars go to stderr, never stdout
@@ -158,9 +172,29 @@ BAD_OURS = [  # (line 3 of the file, field, start of the problem)
     ('{"agent_id": "a", "round": 1, "append_tokens": 5.5, "gen_tokens": 1, "tool_latency_s": 0.5}',
      "append_tokens", "expected an integer"),
     ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": -0.5}',
-     "tool_latency_s", "expected a number >= 0"),
+     "tool_latency_s", "expected a finite number >= 0"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": Infinity}',
+     "tool_latency_s", "expected a finite number >= 0, got inf"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": NaN}',
+     "tool_latency_s", "expected a finite number >= 0, got nan"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 1' + "0" * 400 + '}',
+     "tool_latency_s", "expected a finite number >= 0, got 1000"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0, "arrival_s": -Infinity}',
+     "arrival_s", "expected a finite number >= 0, got -inf"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 9223372036854775808, "gen_tokens": 1, "tool_latency_s": 0}',
+     "append_tokens", "too large (9223372036854775808)"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1' + "0" * 30 + ', "tool_latency_s": 0}',
+     "gen_tokens", "too large (1" + "0" * 30 + ")"),
+    ('{"agent_id": "a", "round": 9223372036854775808, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0}',
+     "round", "too large (9223372036854775808)"),
     ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0, "hash_ids": "x"}',
-     "hash_ids", "expected a list of integers"),
+     "hash_ids", "expected a list of 64-bit integers"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0, '
+     '"hash_ids": [1, 9223372036854775808]}', "hash_ids", "expected a list of 64-bit integers"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0, '
+     '"hash_ids": [-9223372036854775809, 1]}', "hash_ids", "expected a list of 64-bit integers"),
+    ('{"agent_id": "a", "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0, "hash_ids": [1]}',
+     "hash_ids", "has 1 ids, expected ceil(prompt 1015 / block size 512) = 2"),
     ('{"agent_id": ["a"], "round": 1, "append_tokens": 5, "gen_tokens": 1, "tool_latency_s": 0}',
      "agent_id", "expected a string"),
     ('"a row"', None, "expected a JSON object"),
@@ -203,30 +237,76 @@ def test_our_jsonl_without_header_reports_rows(cli, tmp_path):
                              "agent, rounds 0, 1, 2, ...)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/schema.py validate_table: row-structure errors give the "
-                   "row number, not the file line (the header line and blank lines are not counted)")
 def test_our_jsonl_round_error_names_the_file_line(cli, tmp_path):
-    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0, "", R1 | {"round": 2}])
+    """Row-structure errors count the header line and blank lines."""
+    src = write_lines(tmp_path / "ours.jsonl", ["", HEADER, R0, "", "  ", R1 | {"round": 2}])
     res = cli("trace", "stats", src)
     assert res.rc == 2
-    assert res.err_lines[0].startswith(f"{src}:4: round: ")
+    assert res.err_lines == [f"{src}:6: round: expected round 1 of agent 'a', got 2 (rows must be grouped by "
+                             "agent, rounds 0, 1, 2, ...)"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/io.py _read_jsonl / schema.validate_table: the length of "
-                   "hash_ids in our JSONL is never checked against ceil(prompt / block_size)")
+def test_our_jsonl_agent_in_two_groups_names_the_file_line(cli, tmp_path):
+    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0, "", R0 | {"agent_id": "b"}, "", R0])
+    res = cli("trace", "stats", src)
+    assert res.rc == 2
+    assert res.err_lines == [f"{src}:6: agent_id: agent 'a' appears in two separate groups of rows"]
+
+
+@pytest.mark.parametrize("command", ["stats", "export"])
 @pytest.mark.parametrize("ids", [list(range(9)), [1]], ids=["too-many", "too-few"])
-def test_our_jsonl_hash_ids_of_the_wrong_length(cli, tmp_path, ids):
-    # round 1's prompt is 1000 + 10 + 1000 = 2010 tokens: 4 blocks of 512
-    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0 | {"hash_ids": [1, 2]}, R1 | {"hash_ids": ids}])
+def test_our_jsonl_hash_ids_of_the_wrong_length(cli, tmp_path, ids, command):
+    # round 1's prompt is 1000 + 10 + 1000 = 2010 tokens: 4 blocks of 512; a blank line moves it to line 4
+    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0 | {"hash_ids": [1, 2]}, "", R1 | {"hash_ids": ids}])
+    args = ["trace", "stats", src] if command == "stats" else ["trace", "export", src, "-o", tmp_path / "m.jsonl"]
+    res = cli(*args)
+    assert res.rc == 2
+    assert res.err_lines == [f"{src}:4: hash_ids: has {len(ids)} ids, expected ceil(prompt 2010 / block size 512) "
+                             "= 4"]
+    assert leftovers(tmp_path) == ["ours.jsonl"]
+
+
+@pytest.mark.parametrize("block_size,ids", [(512, [1, 3, 4, 5]), (1024, [1, 3]), (64, list(range(32)))])
+def test_our_jsonl_hash_ids_of_the_right_length_are_accepted(cli, tmp_path, block_size, ids):
+    """The length follows the block size in the header (round 1's prompt: 2010 tokens)."""
+    header = {"dualpath_trace": 1, "meta": {"block_size": block_size, "source": "test"}}
+    first = list(range(-(-1000 // block_size)))
+    src = write_lines(tmp_path / "ours.jsonl", [header, R0 | {"hash_ids": first}, R1 | {"hash_ids": ids}])
+    assert cli("trace", "stats", src).rc == 0
+    other = 1024 if block_size == 512 else 512
+    bad = write_lines(tmp_path / "bad.jsonl", [header | {"meta": {"block_size": other}},
+                                               R0 | {"hash_ids": first}, R1 | {"hash_ids": ids}])
+    res = cli("trace", "stats", bad)
+    assert res.rc == 2 and res.err_lines[0].startswith(f"{bad}:2: hash_ids: has {len(first)} ids, expected "
+                                                       f"ceil(prompt 1000 / block size {other}) = "), res.err
+
+
+def test_our_jsonl_metadata_must_be_an_integer(cli, tmp_path):
+    src = write_lines(tmp_path / "ours.jsonl", [{"dualpath_trace": 1, "meta": {"block_size": "abc"}}, R0])
     res = cli("trace", "stats", src)
     assert res.rc == 2
-    assert len(res.err_lines) == 1
-    assert res.err_lines[0].startswith(f"{src}:3: hash_ids: ")
+    assert res.err_lines == [f"{src}:1: block_size: expected a positive integer in the trace metadata, got 'abc'"]
 
 
-def test_our_jsonl_hash_ids_of_the_right_length_are_accepted(cli, tmp_path):
-    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0 | {"hash_ids": [1, 2]}, R1 | {"hash_ids": [1, 3, 4, 5]}])
-    assert cli("trace", "stats", src).rc == 0
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.parametrize("value", [0, -5, None, 1.5, True])
+def test_our_jsonl_block_size_must_be_positive(cli, tmp_path, value):
+    src = write_lines(tmp_path / "ours.jsonl", [{"dualpath_trace": 1, "meta": {"block_size": value}}, R0, R1])
+    res = cli("trace", "export", src, "-o", tmp_path / "m.jsonl")
+    assert res.rc == 2
+    assert len(res.err_lines) == 1 and res.err_lines[0].startswith(f"{src}:1: block_size: "), res.err
+    assert leftovers(tmp_path) == ["ours.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["stats", "export"])
+def test_our_jsonl_context_beyond_int64(cli, tmp_path, command):
+    big = R1 | {"append_tokens": 2**63 - 1}  # each length is in range; 1010 + 2**63 - 1 is not
+    src = write_lines(tmp_path / "ours.jsonl", [HEADER, R0, big])
+    args = ["trace", "stats", src] if command == "stats" else ["trace", "export", src, "-o", tmp_path / "m.jsonl"]
+    res = cli(*args)
+    assert res.rc == 2
+    assert len(res.err_lines) == 1 and res.err_lines[0].startswith(f"{src}:3: "), res.err
+    assert leftovers(tmp_path) == ["ours.jsonl"]
 
 
 def test_bad_parquet_values_name_row_and_column(cli, tmp_path):
@@ -238,6 +318,13 @@ def test_bad_parquet_values_name_row_and_column(cli, tmp_path):
     pq.write_table(table.drop_columns(["gen_tokens"]), tmp_path / "u.parquet")
     res = cli("trace", "stats", tmp_path / "u.parquet")
     assert (res.rc, res.err_lines) == (2, [f"{tmp_path / 'u.parquet'}: gen_tokens: missing column"])
+    # hash ids in Parquet are checked as in JSONL (no block size in the metadata: 512)
+    good = table.set_column(2, "append_tokens", pa.array([5, 6, 7], pa.int64()))
+    ids = pa.array([[1], [1], [1, 2]], pa.list_(pa.int64()))
+    pq.write_table(good.append_column("hash_ids", ids), tmp_path / "h.parquet")
+    res = cli("trace", "stats", tmp_path / "h.parquet")
+    assert (res.rc, res.err_lines) == (2, [f"{tmp_path / 'h.parquet'}:3: hash_ids: has 2 ids, expected "
+                                           "ceil(prompt 20 / block size 512) = 1"])
 
 
 # ----- atomic output ------------------------------------------------------------------------------
@@ -296,26 +383,46 @@ def test_failure_while_exporting_leaves_nothing(cli, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == ["t.parquet"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/io.py atomic_path: an output path that cannot be written "
-                   "(its folder is a file, or it is a folder) is a traceback with exit 1, not one line, exit 2")
-@pytest.mark.parametrize("target", ["file/t.parquet", "folder.parquet"])
-def test_unwritable_output_is_one_line(cli, tmp_path, target):
+UNWRITABLE = [  # (output inside tmp_path, start of the problem after "PATH: -o: ")
+    ("file/t.EXT", "cannot write here ("),
+    ("file/sub/t.EXT", "cannot write here ("),
+    ("folder.EXT", "is a directory"),
+]
+
+
+@pytest.mark.parametrize("command", ["synth", "import", "export"])
+@pytest.mark.parametrize("target,problem", UNWRITABLE, ids=["parent-is-a-file", "grandparent-is-a-file",
+                                                            "is-a-directory"])
+def test_unwritable_output_is_one_line(cli, tmp_path, command, target, problem):
+    src = write_lines(tmp_path / "in.jsonl", [{"timestamp": 0, "input_length": 10, "output_length": 1,
+                                               "hash_ids": [1]}])
+    ext = "jsonl" if command == "export" else "parquet"
+    out = tmp_path / target.replace("EXT", ext)
     (tmp_path / "file").write_text("x")
-    (tmp_path / "folder.parquet").mkdir()
-    res = cli("trace", "synth", "--preset", "paper-32k", "--agents", 3, "-o", tmp_path / target)
+    (tmp_path / f"folder.{ext}").mkdir()
+    args = {"synth": ["trace", "synth", "--preset", "paper-32k", "--agents", 3],
+            "import": ["trace", "import", src], "export": ["trace", "export", src]}[command]
+    res = cli(*args, "-o", out)
     assert res.rc == 2
-    assert len(res.err_lines) == 1 and str(tmp_path / target) in res.err
+    assert res.out == ""
+    assert len(res.err_lines) == 1, res.err
+    assert res.err_lines[0].startswith(f"{out}: -o: {problem}"), res.err
+    assert leftovers(tmp_path) == ["file", f"folder.{ext}", "in.jsonl"]
+    assert (tmp_path / "file").read_text() == "x" and leftovers(tmp_path / f"folder.{ext}") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/io.py atomic_path: outputs keep mkstemp's mode 0600 "
-                   "instead of following the umask")
-def test_output_permissions_follow_umask(cli, tmp_path):
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_output_permissions_follow_umask(cli, tmp_path, umask, mode):
+    old = os.umask(umask)
     try:
-        assert cli("trace", "synth", "--preset", "paper-32k", "--agents", 3, "-o", tmp_path / "t.parquet").rc == 0
+        for name in ("t.parquet", "t.jsonl"):
+            assert cli("trace", "synth", "--preset", "paper-32k", "--agents", 3, "-o", tmp_path / name).rc == 0
+        assert cli("trace", "export", tmp_path / "t.parquet", "-o", tmp_path / "m.jsonl").rc == 0
+        assert cli("trace", "import", tmp_path / "m.jsonl", "-o", tmp_path / "back.parquet").rc == 0
     finally:
         os.umask(old)
-    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
+    for name in ("t.parquet", "t.jsonl", "m.jsonl", "back.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
 
 # ----- the console script, as a real process ------------------------------------------------------

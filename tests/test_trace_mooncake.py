@@ -49,11 +49,35 @@ def test_conversation_trace_import_keeps_hits(cli, tmp_path, mooncake_path):
     imported = res.json()
     trace = read_trace(out)
     assert trace.meta["agents"] == "inferred" and trace.block_size == 512
+    assert type(trace.meta["block_size"]) is int  # Parquet metadata is text; it comes back an integer
     assert trace.num_rounds == 12_031 and trace.has("hash_ids") and trace.has("arrival_s")
     again = cli("trace", "stats", out, "--json").json()
     for key in ("requests", "agents", "input_mean", "output_mean", "hit_rate", "duration_s"):
         assert again[key] == pytest.approx(imported[key], rel=1e-12), key
     assert again["hit_rate"] == pytest.approx(0.374, abs=0.005)
+
+
+def test_conversation_trace_import_export_keeps_its_rows(cli, tmp_path, mooncake_path):
+    """import -> export gives back the trace's own rows: real hash ids, plain rows in timestamp order."""
+    import gzip
+
+    assert cli("trace", "import", mooncake_path, "-o", tmp_path / "conv.parquet").rc == 0
+    out = tmp_path / "again.jsonl"
+    assert cli("trace", "export", tmp_path / "conv.parquet", "-o", out).rc == 0
+    with gzip.open(mooncake_path, "rt", encoding="utf-8") as fh:
+        original = [json.loads(line) for line in fh if line.strip()]
+    with open(out, encoding="utf-8") as fh:
+        exported = [json.loads(line) for line in fh]
+    assert all(set(r) == {"timestamp", "input_length", "output_length", "hash_ids"} for r in exported)
+    stamps = [r["timestamp"] for r in exported]
+    assert stamps == sorted(stamps)
+    key = lambda r: (float(r["timestamp"]), r["input_length"], r["output_length"], r["hash_ids"])  # noqa: E731
+    assert sorted(map(key, exported)) == sorted(map(key, original))  # rows of equal timestamps may swap
+    before = cli("trace", "stats", mooncake_path, "--json").json()
+    after = cli("trace", "stats", out, "--json").json()
+    assert after["hit_rate"] == pytest.approx(0.374, abs=0.005)
+    for key in ("requests", "agents", "input_mean", "output_mean", "hit_rate", "duration_s"):
+        assert after[key] == pytest.approx(before[key], rel=1e-12), key
 
 
 # ----- agent inference ----------------------------------------------------------------------------
@@ -143,6 +167,21 @@ def test_session_prompt_shorter_than_its_context_is_an_error(tmp_path):
     assert str(exc.value).startswith(f"{path}:2: input_length: 120 is shorter")
 
 
+def test_session_errors_name_the_original_line(tmp_path):
+    """Rows are regrouped by session; an error still names the row's line in the file (blank lines counted)."""
+    rows = [row(9, 300, 10, [2], session_id="a", round=1), "", row(0, 100, 10, [1], session_id="a", round=0),
+            "", row(5, 100, 10, [3], session_id="a", round=0)]
+    path = write_lines(tmp_path / "m.jsonl", rows)
+    with pytest.raises(InputError) as exc:
+        import_mooncake(path)
+    assert str(exc.value).startswith(f"{path}:5: round: session 'a' has round 0 where round 1 was expected")
+    rows = [row(9, 105, 10, [2], session_id="a", round=1), "", "", row(0, 100, 10, [1], session_id="a", round=0)]
+    path = write_lines(tmp_path / "m.jsonl", rows)
+    with pytest.raises(InputError) as exc:
+        import_mooncake(path)
+    assert str(exc.value).startswith(f"{path}:1: input_length: 105 is shorter")
+
+
 def test_mixed_session_and_plain_rows_is_an_error(tmp_path):
     rows = [row(0, 100, 50, [1], session_id="a", round=0), row(1, 120, 10, [2])]
     path = write_lines(tmp_path / "m.jsonl", rows)
@@ -151,19 +190,41 @@ def test_mixed_session_and_plain_rows_is_an_error(tmp_path):
     assert str(exc.value).startswith(f"{path}:2: session_id: ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/mooncake.py export_mooncake: exporting an imported "
-                   "trace replaces its hash ids with derived ones and marks inferred agents as sessions, "
-                   "so the hit rate changes (conversation trace: 0.374 -> 0.303)")
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def test_export_of_an_imported_trace_keeps_hash_ids(cli, tmp_path):
-    rows = [row(0, 1500, 100, [0, 1, 2]), row(10, 2000, 50, [0, 1, 3, 4]), row(20, 1100, 10, [0, 9, 10])]
+    """Inferred agents: the export is the file's own plain rows, in timestamp order (not grouped by agent)."""
+    rows = [row(0, 1500, 100, [0, 1, 2]),          # agent 0, round 0
+            row(10, 1100, 10, [0, 9, 10]),         # agent 1 (shares only the first block)
+            row(20, 2000, 50, [0, 1, 3, 4])]       # agent 0, round 1
     src = write_lines(tmp_path / "m.jsonl", rows)
     before = cli("trace", "stats", src, "--json").json()
+    assert before["agents"] == 2
+    for via in (src, tmp_path / "m.parquet"):  # straight from the Mooncake file, or imported first
+        if via != src:
+            assert cli("trace", "import", src, "-o", via).rc == 0
+        out = tmp_path / "again.jsonl"
+        assert cli("trace", "export", via, "-o", out).rc == 0
+        assert read_jsonl(out) == rows  # no session_id/round; timestamps and hash ids as they came
+        after = cli("trace", "stats", out, "--json").json()
+        assert after == before
+
+
+def test_export_of_known_sessions_keeps_sessions_and_hash_ids(cli, tmp_path):
+    rows = [
+        row(0, 100, 10, [1], session_id="b", round=0),
+        row(5, 300, 10, [2], session_id="a", round=1, delay=1500),
+        row(1, 200, 20, [3], session_id="a", round=0),
+        row(9, 150, 10, [4], session_id="b", round=1, delay=250.5),
+    ]
+    src = write_lines(tmp_path / "m.jsonl", rows)
     out = tmp_path / "again.jsonl"
     assert cli("trace", "export", src, "-o", out).rc == 0
-    with open(out, encoding="utf-8") as fh:
-        exported = [json.loads(line) for line in fh]
-    assert sorted(r["hash_ids"] for r in exported) == sorted(r["hash_ids"] for r in rows)
-    assert cli("trace", "stats", out, "--json").json()["hit_rate"] == pytest.approx(before["hit_rate"])
+    assert read_jsonl(out) == [rows[0], rows[3], rows[2], rows[1]]  # grouped by session, rounds in order
+    assert cli("trace", "stats", out, "--json").json() == cli("trace", "stats", src, "--json").json()
 
 
 # ----- errors in Mooncake files -------------------------------------------------------------------
@@ -182,7 +243,21 @@ BAD_MOONCAKE = [  # (line 2 of the file, field, start of the problem)
      "has 3 ids, expected ceil(input_length 1000 / block size 512) = 2"),
     ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1]}', "hash_ids", "has 1 ids"),
     ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, "x"]}', "hash_ids",
-     "expected a list of integers"),
+     "expected a list of 64-bit integers"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 9223372036854775808]}', "hash_ids",
+     "expected a list of 64-bit integers"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [-9223372036854775809, 1]}',
+     "hash_ids", "expected a list of 64-bit integers"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 9223372036854775808, "hash_ids": [1, 2]}',
+     "output_length", "too large (9223372036854775808)"),
+    ('{"timestamp": Infinity, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2]}', "timestamp",
+     "expected a finite number of milliseconds, got inf"),
+    ('{"timestamp": NaN, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2]}', "timestamp",
+     "expected a finite number of milliseconds, got nan"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "delay": Infinity}', "delay",
+     "expected a finite number of milliseconds >= 0, got inf"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "delay": -5}', "delay",
+     "expected a finite number of milliseconds >= 0, got -5"),
     ('{"timestamp": 0, "input_length": 1000.5, "output_length": 1, "hash_ids": [1, 2]}', "input_length",
      "expected an integer"),
     ('{"timestamp": -1, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2]}', "timestamp",
@@ -229,19 +304,39 @@ def test_wrong_block_size_is_reported_on_the_first_row(cli, mooncake_path):
                               "block size 64) = 106")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/mooncake.py parse_row: integers beyond int64 pass the "
-                   "row checks and crash later (OverflowError, exit 1, traceback)")
-@pytest.mark.parametrize("bad,field", [
+@pytest.mark.parametrize("command", ["stats", "import"])
+@pytest.mark.parametrize("bad,field,problem", [
     ('{"timestamp": 0, "input_length": 1000, "output_length": 10, "hash_ids": [1, 99999999999999999999999]}',
-     "hash_ids"),
+     "hash_ids", "expected a list of 64-bit integers"),
     ('{"timestamp": 0, "input_length": 1000, "output_length": 99999999999999999999999, "hash_ids": [1, 2]}',
-     "output_length"),
+     "output_length", "too large (99999999999999999999999)"),
+    ('{"timestamp": 0, "input_length": 99999999999999999999999, "output_length": 1, "hash_ids": [1, 2]}',
+     "input_length", "too large (99999999999999999999999)"),
     ('{"timestamp": 1' + "0" * 400 + ', "input_length": 1000, "output_length": 1, "hash_ids": [1, 2]}',
-     "timestamp"),
-], ids=["hash_id", "output_length", "timestamp"])
-def test_integers_out_of_range_are_input_errors(cli, tmp_path, bad, field):
+     "timestamp", "expected a finite number of milliseconds, got 1000"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "delay": 1' + "0" * 400 + '}',
+     "delay", "expected a finite number of milliseconds >= 0, got 1000"),
+    ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "session_id": "s", '
+     '"round": 9223372036854775808}', "round", "expected an integer >= 0 with 'session_id'"),
+], ids=["hash_id", "output_length", "input_length", "timestamp", "delay", "round"])
+def test_integers_out_of_range_are_input_errors(cli, tmp_path, command, bad, field, problem):
     src = tmp_path / "in.jsonl"
-    src.write_text(GOOD + "\n" + bad + "\n", encoding="utf-8")
-    res = cli("trace", "stats", src)
+    src.write_text(GOOD + "\n\n" + bad + "\n", encoding="utf-8")  # a blank line: the row is on line 3
+    args = ["trace", "stats", src] if command == "stats" else ["trace", "import", src, "-o", tmp_path / "o.parquet"]
+    res = cli(*args)
     assert res.rc == 2
-    assert res.err_lines[0].startswith(f"{src}:2: {field}: ")
+    assert res.out == ""
+    assert len(res.err_lines) == 1, res.err
+    assert res.err_lines[0].startswith(f"{src}:3: {field}: {problem}"), res.err
+    assert leftovers(tmp_path) == ["in.jsonl"]
+
+
+def test_int64_limits_are_accepted(cli, tmp_path):
+    """Hash ids at both ends of int64 are good ids, and they survive import and export."""
+    rows = [row(0, 1000, 10, [-(2**63), 2**63 - 1]), row(5, 1500, 10, [-(2**63), 2**63 - 1, 7])]
+    src = write_lines(tmp_path / "in.jsonl", rows)
+    assert cli("trace", "stats", src).rc == 0
+    assert cli("trace", "import", src, "-o", tmp_path / "t.parquet").rc == 0
+    assert read_trace(tmp_path / "t.parquet").table.column("hash_ids").to_pylist() == [r["hash_ids"] for r in rows]
+    assert cli("trace", "export", tmp_path / "t.parquet", "-o", tmp_path / "m.jsonl").rc == 0
+    assert read_jsonl(tmp_path / "m.jsonl") == rows

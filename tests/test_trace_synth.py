@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import write_lines
+from conftest import leftovers, write_lines
 from traces.io import read_trace
 from traces.mooncake import import_mooncake
 from traces.presets import MAX_CONTEXT, PRESETS, TABLE2
@@ -49,7 +49,7 @@ def test_preset_matches_table2(cli, tmp_path, name, seed):
     assert trace_stats(trace) == {k: v for k, v in stats.items() if k not in ("output", "seconds")}
     assert final_context(trace).max() <= MAX_CONTEXT[name]
     assert trace.meta["source"] == f"synth:{name}"
-    assert str(trace.meta["seed"]) == str(seed)
+    assert trace.meta["seed"] == seed and isinstance(trace.meta["seed"], int)
 
 
 def test_preset_text_output_compares_with_paper(cli, tmp_path):
@@ -63,30 +63,39 @@ def test_preset_text_output_compares_with_paper(cli, tmp_path):
 
 
 # ----- overrides ----------------------------------------------------------------------------------
+# The issue promises Table 2 within 5 % at 500 agents for the presets only. An override moves the solver's
+# targets, and at 500 agents some overrides vary by a few percent between seeds (paper-32k --gen-mean 300:
+# append_mean 576-613 over seeds 1-5), so the override tests draw 2000 agents (same time: the solver's
+# pilot dominates) and keep the 5 % tolerance.
+OVERRIDE_AGENTS = 2000
+
+
 def assert_means(stats, **targets):
     for key, want in targets.items():
         assert stats[key] == pytest.approx(want, rel=0.05), key
 
 
 def test_append_mean_flag(cli, tmp_path):
-    stats, trace = synth(cli, tmp_path, "--preset", "paper-64k", "--agents", 500, "--append-mean", 600)
+    stats, trace = synth(cli, tmp_path, "--preset", "paper-64k", "--agents", OVERRIDE_AGENTS,
+                         "--append-mean", 600)
     assert_means(stats, append_mean=600, turns_mean=157, gen_mean=176)
     assert trace.meta["params"]["append_mean"] == 600
     assert final_context(trace).max() <= 65_536
 
 
 def test_turns_mean_flag(cli, tmp_path):
-    stats, _ = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", 500, "--turns-mean", 50)
+    stats, _ = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", OVERRIDE_AGENTS, "--turns-mean", 50)
     assert_means(stats, turns_mean=50, append_mean=608, gen_mean=148)
 
 
 def test_gen_mean_flag(cli, tmp_path):
-    stats, _ = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", 500, "--gen-mean", 300)
+    stats, _ = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", OVERRIDE_AGENTS, "--gen-mean", 300)
     assert_means(stats, gen_mean=300, turns_mean=60, append_mean=608)
 
 
 def test_max_context_flag(cli, tmp_path):
-    stats, trace = synth(cli, tmp_path, "--preset", "paper-48k", "--agents", 500, "--max-context", 40_000)
+    stats, trace = synth(cli, tmp_path, "--preset", "paper-48k", "--agents", OVERRIDE_AGENTS,
+                         "--max-context", 40_000)
     assert_means(stats, turns_mean=106, append_mean=474, gen_mean=172)
     ctx = final_context(trace)
     assert ctx.max() <= 40_000
@@ -95,7 +104,8 @@ def test_max_context_flag(cli, tmp_path):
 
 
 def test_tool_latency_flag(cli, tmp_path):
-    _, trace = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", 500, "--tool-latency-mean", 2.5)
+    _, trace = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", OVERRIDE_AGENTS,
+                     "--tool-latency-mean", 2.5)
     lat, rnd = trace.col("tool_latency_s"), trace.col("round")
     assert (lat[rnd == 0] == 0).all()
     later = lat[rnd > 0]
@@ -118,7 +128,7 @@ def test_block_size_flag(cli, tmp_path):
 
 
 def test_set_overrides_any_parameter(cli, tmp_path):
-    stats, trace = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", 500,
+    stats, trace = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", OVERRIDE_AGENTS,
                          "--set", "gen_mean=250", "--set", "full_fraction=1.0", "--set", "tool_latency_mean=0.5")
     assert_means(stats, gen_mean=250, turns_mean=60, append_mean=608)
     params = trace.meta["params"]
@@ -135,7 +145,7 @@ def test_set_max_context_and_block_size_are_integers(cli, tmp_path):
 
 
 def test_no_preset_needs_all_four_targets(cli, tmp_path):
-    stats, trace = synth(cli, tmp_path, "--agents", 500, "--max-context", 16_384, "--turns-mean", 50,
+    stats, trace = synth(cli, tmp_path, "--agents", OVERRIDE_AGENTS, "--max-context", 16_384, "--turns-mean", 50,
                          "--append-mean", 300, "--gen-mean", 100)
     assert_means(stats, turns_mean=50, append_mean=300, gen_mean=100)
     assert final_context(trace).max() <= 16_384
@@ -145,20 +155,43 @@ def test_no_preset_needs_all_four_targets(cli, tmp_path):
     assert res.err_lines == ["--preset: without --preset, give --append-mean, --gen-mean"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/synth.py solve_latent: paper-32k --turns-mean 40 is "
-                   "reachable (pilot error 0.22 % after 80 iterations) but is rejected as out of reach")
-def test_fewer_turns_within_reach(cli, tmp_path):
-    stats, _ = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", 500, "--turns-mean", 40)
-    assert_means(stats, turns_mean=40, append_mean=608, gen_mean=148)
+@pytest.mark.parametrize("turns", [41, 25])
+def test_fewer_turns_within_reach(cli, tmp_path, turns):
+    """Fewer turns than agents that fill their context would take (paper-32k: ~60): agents fill only part."""
+    stats, trace = synth(cli, tmp_path, "--preset", "paper-32k", "--agents", OVERRIDE_AGENTS,
+                         "--turns-mean", turns)
+    assert_means(stats, turns_mean=turns, append_mean=608, gen_mean=148)
+    assert final_context(trace).max() <= 32_768
 
 
-def test_unreachable_targets_are_one_line(cli, tmp_path):
-    # too few turns for this context: agents that fill 16k tokens with these rounds need about 39
-    res = cli("trace", "synth", "--agents", 5, "--max-context", 16_384, "--turns-mean", 20,
-              "--append-mean", 300, "--gen-mean", 100, "-o", tmp_path / "x.parquet")
+UNREACHABLE = [  # (arguments, start of the one stderr line)
+    (["--agents", 5, "--max-context", 16_384, "--turns-mean", 1000, "--append-mean", 300, "--gen-mean", 100],
+     "turns_mean: 1000 turns of 100 generated tokens each cannot fit in max_context 16384 (at most ~"),
+    (["--preset", "paper-32k", "--agents", 5, "--turns-mean", 1000],
+     "turns_mean: 1000 turns of 148 generated tokens each cannot fit in max_context 32768 (at most ~"),
+    (["--preset", "paper-32k", "--agents", 5, "--set", "turns_max_ratio=1000"],
+     "turns_mean: turn limit 60000 (turns_max_ratio x turns_mean) is above "),
+    (["--preset", "paper-64k", "--agents", 5, "--turns-mean", 300],  # below the cheap bound (~478)
+     "turns_mean: these targets are out of reach of the generator (closest: "),
+    # 5 turns: round 0's ~4000-token task prompt alone puts append_mean far above 608
+    (["--preset", "paper-32k", "--agents", 5, "--turns-mean", 5],
+     "turns_mean: these targets are out of reach of the generator (closest: "),
+    (["--preset", "paper-48k", "--agents", 5, "--append-mean", 5000],
+     "turns_mean: these targets are out of reach of the generator (closest: "),
+]
+
+
+@pytest.mark.timeout(60)  # a guard against a solver that never gives up; a refusal takes about a second
+@pytest.mark.parametrize("args,message", UNREACHABLE,
+                         ids=["bound-no-preset", "bound-preset", "turn-cap", "solver-many-turns",
+                              "solver-few-turns", "solver-long-rounds"])
+def test_unreachable_targets_are_one_line(cli, tmp_path, args, message):
+    res = cli("trace", "synth", *args, "-o", tmp_path / "x.parquet")
     assert res.rc == 2
-    assert len(res.err_lines) == 1 and res.err.startswith("turns_mean: ") and "out of reach" in res.err
-    assert not (tmp_path / "x.parquet").exists()
+    assert res.out == ""
+    assert len(res.err_lines) == 1, res.err
+    assert res.err_lines[0].startswith(message), res.err
+    assert leftovers(tmp_path) == []  # no output, no temporary file
 
 
 # ----- determinism --------------------------------------------------------------------------------
@@ -193,13 +226,15 @@ def test_parquet_and_jsonl_hold_the_same_trace(cli, tmp_path):
         {k: j.meta[k] for k in ("source", "generator", "agents", "params")}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG traces/schema.py decode_meta: Parquet metadata comes back as "
-                   "strings (seed '5') while JSONL keeps JSON types (seed 5)")
 def test_metadata_types_do_not_depend_on_format(cli, tmp_path):
     for ext in ("parquet", "jsonl"):
-        assert cli("trace", "synth", "--preset", "paper-32k", "--agents", 5, "--seed", 5,
+        assert cli("trace", "synth", "--preset", "paper-32k", "--agents", 5, "--seed", 5, "--block-size", 256,
                    "-o", tmp_path / f"t.{ext}").rc == 0
-    assert read_trace(tmp_path / "t.parquet").meta == read_trace(tmp_path / "t.jsonl").meta
+    p, j = read_trace(tmp_path / "t.parquet").meta, read_trace(tmp_path / "t.jsonl").meta
+    assert p == j
+    for meta in (p, j):
+        assert (meta["seed"], meta["block_size"]) == (5, 256)
+        assert type(meta["seed"]) is int and type(meta["block_size"]) is int
 
 
 # ----- synth -> export mooncake -> import -> stats -------------------------------------------------
@@ -225,6 +260,8 @@ def test_export_import_round_trip(cli, tmp_path, synth_trace, block_size):
     assert len(rows) == orig.num_rounds
     for r in rows:
         assert len(r["hash_ids"]) == math.ceil(r["input_length"] / bs), r
+    # known agents: every row names its session and round
+    assert [(r["session_id"], r["round"]) for r in rows] == list(zip(orig.col("agent_id"), orig.col("round")))
 
     res = cli("trace", "import", exported, "-o", imported, "--json", *bs_args)
     assert res.rc == 0, res.err

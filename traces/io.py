@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,10 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traces.errors import InputError
-from traces.schema import ARROW_TYPES, OPTIONAL, REQUIRED, Trace, arrow_schema, decode_meta, validate_table
+from traces.schema import (ARROW_TYPES, OPTIONAL, REQUIRED, Trace, arrow_schema, decode_meta, normalize_meta,
+                           validate_table)
 
 FORMATS = ("auto", "parquet", "jsonl", "mooncake")
 JSONL_HEADER_KEY = "dualpath_trace"
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 # ----- atomic output ------------------------------------------------------------------------------
@@ -29,13 +33,24 @@ JSONL_HEADER_KEY = "dualpath_trace"
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise InputError("is a directory", path=str(target), field="-o")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write here ({exc.strerror or exc})", path=str(target), field="-o") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise InputError(f"cannot write here ({exc.strerror or exc})", path=str(target), field="-o") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -115,8 +130,11 @@ def _read_parquet(path: str) -> Trace:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
-    meta = decode_meta(table.schema.metadata)
-    return Trace(validate_table(table, path), meta)
+    try:
+        meta = decode_meta(table.schema.metadata)
+    except InputError as exc:
+        raise exc.at(path) from None
+    return Trace(validate_table(table, path, block_size=meta.get("block_size")), meta)
 
 
 # ----- JSONL --------------------------------------------------------------------------------------
@@ -137,6 +155,7 @@ def _write_jsonl(trace: Trace, path: Path) -> None:
 def _read_jsonl(path: str) -> Trace:
     meta: dict = {}
     rows: dict[str, list] = {c: [] for c in REQUIRED + OPTIONAL}
+    lines: list[int] = []
     seen_optional: set[str] = set()
     with open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -151,6 +170,7 @@ def _read_jsonl(path: str) -> Trace:
             if JSONL_HEADER_KEY in obj:
                 meta = dict(obj.get("meta") or {})
                 continue
+            lines.append(lineno)
             for c in REQUIRED:
                 if c not in obj:
                     raise InputError("missing field", path=path, line=lineno, field=c)
@@ -162,10 +182,24 @@ def _read_jsonl(path: str) -> Trace:
                     v = _check_value(c, v, path, lineno)
                 rows[c].append(v)
     cols = [c for c in REQUIRED + OPTIONAL if c in REQUIRED or c in seen_optional]
+    if not lines:
+        raise InputError("trace has no rounds", path=path)
     table = pa.table({c: pa.array(rows[c], type=ARROW_TYPES[c]) for c in cols})
-    if "block_size" in meta:
-        meta["block_size"] = int(meta["block_size"])
-    return Trace(validate_table(table, path), meta)
+    try:
+        meta = normalize_meta(meta)
+    except InputError as exc:
+        raise exc.at(path, 1) from None
+    return Trace(validate_table(table, path, lines=lines, block_size=meta.get("block_size")), meta)
+
+
+def finite_number(v) -> bool:
+    """A JSON number that is finite as a float (huge integers and NaN/Infinity are not)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _check_value(col: str, v, path: str, line: int):
@@ -180,13 +214,16 @@ def _check_value(col: str, v, path: str, line: int):
         if v < 0:
             what = "round" if col == "round" else "length"
             raise InputError(f"negative {what} {v}", path=path, line=line, field=col)
+        if v > INT64_MAX:
+            raise InputError(f"too large ({v})", path=path, line=line, field=col)
         return v
     if col in ("tool_latency_s", "arrival_s"):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
-            raise InputError(f"expected a number >= 0, got {v!r}", path=path, line=line, field=col)
+        if not finite_number(v) or v < 0:
+            raise InputError(f"expected a finite number >= 0, got {v!r}", path=path, line=line, field=col)
         return float(v)
     if col == "hash_ids":
-        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
-            raise InputError("expected a list of integers", path=path, line=line, field=col)
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) or not INT64_MIN <= x <= INT64_MAX
+                                          for x in v):
+            raise InputError("expected a list of 64-bit integers", path=path, line=line, field=col)
         return v
     return v

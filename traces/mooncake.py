@@ -15,14 +15,13 @@ prefix cache), not from the client-side context rule.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 import pyarrow as pa
 
 from traces.errors import InputError
-from traces.io import atomic_path, open_text
+from traces.io import INT64_MAX, INT64_MIN, atomic_path, finite_number, open_text
 from traces.schema import DEFAULT_BLOCK_SIZE, Trace, arrow_schema, validate_table
 
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
@@ -41,8 +40,8 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
         if f not in obj:
             raise err(f, "missing field")
     ts = obj["timestamp"]
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        raise err("timestamp", f"expected a number of milliseconds, got {ts!r}")
+    if not finite_number(ts):
+        raise err("timestamp", f"expected a finite number of milliseconds, got {ts!r}")
     if ts < 0:
         raise err("timestamp", f"negative timestamp {ts}")
     for f in ("input_length", "output_length"):
@@ -51,11 +50,14 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
             raise err(f, f"expected an integer, got {v!r}")
         if v < 0:
             raise err(f, f"negative length {v}")
+        if v > INT64_MAX:
+            raise err(f, f"too large ({v})")
     if obj["input_length"] == 0:
         raise err("input_length", "a request needs at least one prompt token")
     ids = obj["hash_ids"]
-    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in ids):
-        raise err("hash_ids", "expected a list of integers")
+    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) or not INT64_MIN <= x <= INT64_MAX
+                                        for x in ids):
+        raise err("hash_ids", "expected a list of 64-bit integers")
     want = -(-obj["input_length"] // block_size)
     if len(ids) != want:
         raise err("hash_ids", f"has {len(ids)} ids, expected ceil(input_length {obj['input_length']} / "
@@ -66,12 +68,12 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
         sid, rnd = obj.get("session_id"), obj.get("round")
         if sid is None or isinstance(sid, bool) or not isinstance(sid, (str, int)):
             raise err("session_id", f"expected a string or integer with 'round', got {sid!r}")
-        if rnd is None or isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        if rnd is None or isinstance(rnd, bool) or not isinstance(rnd, int) or not 0 <= rnd <= INT64_MAX:
             raise err("round", f"expected an integer >= 0 with 'session_id', got {rnd!r}")
         row["session_id"], row["round"] = str(sid), rnd
     delay = obj.get("delay", 0)
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-        raise err("delay", f"expected milliseconds >= 0, got {delay!r}")
+    if not finite_number(delay) or delay < 0:
+        raise err("delay", f"expected a finite number of milliseconds >= 0, got {delay!r}")
     row["delay"] = float(delay)
     return row
 
@@ -112,7 +114,7 @@ def import_mooncake(path: str, *, block_size: int | None = None) -> Trace:
     else:
         agent_rows = _infer_sessions(rows, bs)
         agents = "inferred"
-    ids, rnd, app, gen, tool, arr, hashes = [], [], [], [], [], [], []
+    ids, rnd, app, gen, tool, arr, hashes, lines = [], [], [], [], [], [], [], []
     for a, chain in enumerate(agent_rows):
         name = rows[chain[0]]["session_id"] if agents == "known" else f"s{a:05d}"
         context = 0
@@ -129,6 +131,7 @@ def import_mooncake(path: str, *, block_size: int | None = None) -> Trace:
             tool.append(row["delay"] / 1000.0 if r > 0 else 0.0)
             arr.append(row["timestamp"] / 1000.0)
             hashes.append(row["hash_ids"])
+            lines.append(row["line"])
             context = row["input_length"] + row["output_length"]
     cols = {"agent_id": ids, "round": rnd, "append_tokens": app, "gen_tokens": gen, "tool_latency_s": tool}
     if any(a > 0 for a in arr):
@@ -137,7 +140,7 @@ def import_mooncake(path: str, *, block_size: int | None = None) -> Trace:
     meta = {"block_size": bs, "source": f"mooncake:{os.path.basename(str(path))}", "agents": agents,
             "generator": "dualpath-bench traces.mooncake import"}
     table = pa.table({c: v for c, v in cols.items()}, schema=arrow_schema(list(cols), meta))
-    return Trace(validate_table(table, str(path)), meta)
+    return Trace(validate_table(table, str(path), lines=lines, block_size=bs), meta)
 
 
 def _known_sessions(rows: list[dict], path: str) -> list[list[int]]:
@@ -229,10 +232,19 @@ def export_hash_ids(trace: Trace, block_size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def export_mooncake(trace: Trace, path: str, *, block_size: int | None = None) -> None:
+    """Write Mooncake rows. Hash ids the trace already carries are kept (at its own block size); others
+    are derived. Rows of known agents carry session_id and round; a trace whose agents were inferred
+    is written back as plain rows in timestamp order, as it came."""
     bs = block_size or trace.block_size
     if not str(path).endswith(".jsonl"):
         raise InputError("Mooncake output must end in .jsonl", field="-o")
-    offsets, values = export_hash_ids(trace, bs)
+    ids = trace.table.column("hash_ids").combine_chunks() if trace.has("hash_ids") else None
+    if ids is not None and ids.null_count == 0 and bs == trace.block_size:
+        offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+    else:
+        offsets, values = export_hash_ids(trace, bs)
+    sessions = trace.agents_known
+    order = trace.arrival_order() if not sessions and trace.has("arrival_s") else None
     prompt = trace.prompt_tokens().tolist()
     gen = trace.col("gen_tokens").tolist()
     agent = trace.col("agent_id").tolist()
@@ -242,10 +254,11 @@ def export_mooncake(trace: Trace, path: str, *, block_size: int | None = None) -
     vals = values.tolist()
     off = offsets.tolist()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for i in range(len(prompt)):
+        for i in (range(len(prompt)) if order is None else order.tolist()):
             row = {"timestamp": round(arrival[i] * 1000.0, 3) if arrival else 0,
-                   "input_length": prompt[i], "output_length": gen[i],
-                   "hash_ids": vals[off[i]:off[i + 1]], "session_id": agent[i], "round": rnd[i]}
+                   "input_length": prompt[i], "output_length": gen[i], "hash_ids": vals[off[i]:off[i + 1]]}
+            if sessions:
+                row["session_id"], row["round"] = agent[i], rnd[i]
             if tool[i] > 0:
                 row["delay"] = round(tool[i] * 1000.0, 3)
             fh.write(json.dumps(row, separators=(",", ":")) + "\n")

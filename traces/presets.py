@@ -3,9 +3,8 @@
 Each preset states Table 2's turns, append and gen means as targets (the generator realises them) and
 its maximum context length; the shape parameters are the defaults of `SynthParams`, shared by all three
 presets: `full_fraction` and `first_append_mean` fitted once so that Table 2's total and context means
-come out as well, `gen_coupling` set so that paper-64k's per-request generation is ~92 tokens (see
-traces/synth.py), `turns_max_ratio` the tail of turns (README, "Trace generator"). `TABLE2` keeps all
-five published means for the checks.
+come out as well; `turns_max_ratio`, the tail of turns, fitted on the simulator's calibration point
+(README, "Calibration"). `TABLE2` keeps all five published means for the checks.
 """
 from __future__ import annotations
 

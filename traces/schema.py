@@ -28,6 +28,7 @@ ARROW_TYPES = {
 # File-level metadata keys (all stored as strings in Parquet key-value metadata).
 META_KEYS = ("block_size", "source", "generator", "seed", "agents", "params")
 DEFAULT_BLOCK_SIZE = 512
+MAX_TOKENS = 2**40  # per round: keeps every agent's running context far inside int64
 
 
 def arrow_schema(columns, meta: dict | None = None) -> pa.Schema:
@@ -52,8 +53,25 @@ def decode_meta(raw: dict | None) -> dict:
             continue
         text = v.decode() if isinstance(v, bytes) else v
         meta[key] = json.loads(text) if key == "params" else text
-    if "block_size" in meta:
-        meta["block_size"] = int(meta["block_size"])
+    return normalize_meta(meta)
+
+
+def normalize_meta(meta: dict) -> dict:
+    """The same types whatever the file format: integers for block_size (> 0) and seed."""
+    for key in ("block_size", "seed"):
+        if key not in meta or (key == "seed" and meta[key] is None):
+            continue
+        value = meta[key]
+        try:
+            number = int(value) if not isinstance(value, (bool, float)) else None
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if number is None or (key == "block_size" and number <= 0):
+            what = "a positive integer" if key == "block_size" else "an integer"
+            raise InputError(f"expected {what} in the trace metadata, got {value!r}", field=key)
+        meta[key] = number
     return meta
 
 
@@ -120,8 +138,13 @@ class Trace:
         return np.argsort(self.col("arrival_s"), kind="stable")
 
 
-def validate_table(table: pa.Table, path: str | None = None) -> pa.Table:
-    """Check columns, types and the row structure; return the table in contract order and types."""
+def validate_table(table: pa.Table, path: str | None = None, *, lines=None,
+                   block_size: int | None = None) -> pa.Table:
+    """Check columns, types, the row structure and hash-id lengths; return the table in contract order
+    and types. `lines[i]` is the file line of row i (default i + 1) for error messages."""
+    def line(row: int) -> int:
+        return int(lines[row]) if lines is not None else row + 1
+
     names = table.column_names
     for c in REQUIRED:
         if c not in names:
@@ -135,25 +158,46 @@ def validate_table(table: pa.Table, path: str | None = None) -> pa.Table:
         nulls = table.column(c).null_count
         if nulls and c not in OPTIONAL:
             row = _first_true(np.asarray(table.column(c).is_null()))
-            raise InputError("missing value", path=path, line=row + 1, field=c)
+            raise InputError("missing value", path=path, line=line(row), field=c)
     for c in ("append_tokens", "gen_tokens"):
         v = table.column(c).to_numpy()
         bad = v < 0
         if bad.any():
             row = _first_true(bad)
-            raise InputError(f"negative length {v[row]}", path=path, line=row + 1, field=c)
+            raise InputError(f"negative length {v[row]}", path=path, line=line(row), field=c)
+        bad = v > MAX_TOKENS
+        if bad.any():
+            row = _first_true(bad)
+            raise InputError(f"too large ({v[row]} tokens; at most 2^40 per round)", path=path, line=line(row),
+                             field=c)
     lat = table.column("tool_latency_s").to_numpy()
     bad = ~(lat >= 0) | ~np.isfinite(lat)
     if bad.any():
         row = _first_true(bad)
-        raise InputError(f"must be a finite number >= 0, got {lat[row]}", path=path, line=row + 1,
+        raise InputError(f"must be a finite number >= 0, got {lat[row]}", path=path, line=line(row),
                          field="tool_latency_s")
     check_rounds(table.column("agent_id").to_numpy(zero_copy_only=False),
-                 table.column("round").to_numpy(), path)
+                 table.column("round").to_numpy(), path, line)
+    if "hash_ids" in cols:
+        check_hash_ids(table, block_size or DEFAULT_BLOCK_SIZE, path, line)
     return table
 
 
-def check_rounds(agent_ids: np.ndarray, rounds: np.ndarray, path: str | None) -> None:
+def check_hash_ids(table: pa.Table, block_size: int, path: str | None, line) -> None:
+    """Where a round has hash ids, there must be ceil(prompt / block_size) of them."""
+    ids = table.column("hash_ids").combine_chunks()
+    have = ids.value_lengths().to_numpy(zero_copy_only=False)
+    present = ~np.asarray(ids.is_null())
+    trace = Trace(table, {"block_size": block_size})
+    want = -(-trace.prompt_tokens() // block_size)
+    bad = present & (np.nan_to_num(have.astype(float), nan=-1) != want)
+    if bad.any():
+        row = _first_true(bad)
+        raise InputError(f"has {int(have[row])} ids, expected ceil(prompt {int(trace.prompt_tokens()[row])} / "
+                         f"block size {block_size}) = {int(want[row])}", path=path, line=line(row), field="hash_ids")
+
+
+def check_rounds(agent_ids: np.ndarray, rounds: np.ndarray, path: str | None, line=lambda row: row + 1) -> None:
     """Rows must be grouped by agent with rounds 0, 1, 2, ... in order."""
     n = len(rounds)
     if n == 0:
@@ -165,7 +209,7 @@ def check_rounds(agent_ids: np.ndarray, rounds: np.ndarray, path: str | None) ->
     if bad.any():
         row = _first_true(bad)
         raise InputError(f"expected round {expected[row]} of agent {agent_ids[row]!r}, got {rounds[row]} "
-                         "(rows must be grouped by agent, rounds 0, 1, 2, ...)", path=path, line=row + 1,
+                         "(rows must be grouped by agent, rounds 0, 1, 2, ...)", path=path, line=line(row),
                          field="round")
     starts = np.flatnonzero(new_agent)
     ids = agent_ids[starts]
@@ -174,7 +218,7 @@ def check_rounds(agent_ids: np.ndarray, rounds: np.ndarray, path: str | None) ->
         for s, a in zip(starts, ids):
             if a in seen:
                 raise InputError(f"agent {a!r} appears in two separate groups of rows", path=path,
-                                 line=int(s) + 1, field="agent_id")
+                                 line=line(int(s)), field="agent_id")
             seen.add(a)
 
 

@@ -8,10 +8,9 @@ The model, per agent:
 - round 0 appends the task prompt (`first_append_mean`, lognormal); every later round appends
   `s x lognormal(append)` tokens and generates `s^gen_coupling x lognormal(gen)` tokens (at most
   `gen_max`, the rollout's per-turn limit); a round's prompt is the whole context so far plus its
-  append. With `gen_coupling` > 0, agents that run many short rounds also generate less per round, so
-  the per-request mean generation is well below Table 2's per-agent mean: the paper's own low-load
-  figures need that (Fig. 10/11 at 0.1 APS: JCT 570 s over 157 rounds with TTFT 0.8 s and TPOT 31 ms
-  leaves (570/157 - 0.8)/0.031 ~ 92 generated tokens per request, not 176);
+  append. `gen_coupling` (default 0: generation independent of the agent) makes agents that run many
+  short rounds also generate less per round, which lowers the per-request mean generation below
+  Table 2's per-agent mean (README, "Trace generator", on the paper's Fig. 11);
 - a token budget: `full_fraction` of the agents run until their context is full (the preset's maximum
   context length, MAL); the others stop earlier, at a uniformly drawn fraction (from
   `early_stop_min`) of the context left after round 0 (tasks solved or abandoned early);
@@ -55,16 +54,16 @@ class SynthParams:
     gen_mean: float
     tool_latency_mean: float = 0.0
     block_size: int = DEFAULT_BLOCK_SIZE
-    first_append_mean: float = 5500.0
+    first_append_mean: float = 5000.0
     first_append_sigma: float = 0.3
-    full_fraction: float = 0.72
+    full_fraction: float = 0.69
     early_stop_min: float = 0.1
     append_sigma: float = 0.5
     gen_sigma: float = 0.5
-    gen_coupling: float = 1.5
+    gen_coupling: float = 0.0
     gen_max: int = 8192
     intensity_tail_z: float = 2.5
-    turns_max_ratio: float = 2.5
+    turns_max_ratio: float = 1.95
     tool_latency_sigma: float = 1.0
 
     def validate(self) -> "SynthParams":
@@ -105,6 +104,7 @@ class Latent:
     append_scale: float
     gen_scale: float
     intensity_sigma: float
+    fill_scale: float = 1.0   # share of the context agents may fill (below 1 only for few-turn targets)
 
 
 # ----- sampling -----------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Ge
     app = np.rint(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))))
     app = np.maximum(1, app).astype(np.int64)
     app[:, 0] = np.clip(np.rint(first), 1, np.maximum(1, p.max_context - gen[:, 0]))
-    budget = app[:, 0] + gen[:, 0] + frac * (p.max_context - app[:, 0] - gen[:, 0])
+    budget = app[:, 0] + gen[:, 0] + frac * lat.fill_scale * (p.max_context - app[:, 0] - gen[:, 0])
     context_after = np.cumsum(app + gen, axis=1)
     over = context_after > budget[:, None] + 1e-9
     over[:, 0] = False  # round 0 always runs
@@ -164,29 +164,66 @@ def _pilot_means(p: SynthParams, lat: Latent) -> dict:
 _SOLVED: dict[tuple, Latent] = {}
 
 
-def solve_latent(p: SynthParams, *, tol: float = 0.002, max_iter: int = 80) -> Latent:
-    """Find the latent scales whose pilot population realises the three targets (memoised)."""
+def solve_latent(p: SynthParams, *, tol: float = 0.002, max_iter: int = 60) -> Latent:
+    """Find the latent scales whose pilot population realises the three targets (memoised).
+
+    Append and gen scales follow their targets multiplicatively. Turns follow one knob x, by a secant on
+    log(turns): x >= 0 is the intensity spread (more spread, more agents with small rounds and many
+    turns); x < 0 keeps no spread and lets agents fill only e^x of their context (few-turn targets)."""
     key = tuple(sorted(p.as_dict().items()))
     if key in _SOLVED:
         return _SOLVED[key]
-    lat = Latent(p.append_mean * 0.8, p.gen_mean, 1.0)
-    worst = math.inf
+    _check_reachable(p)
+    a_scale, g_scale, x = p.append_mean * 0.8, p.gen_mean, 1.0
+    prev: tuple[float, float] | None = None  # (x, log turns) of the previous step
     for _ in range(max_iter):
+        lat = _latent(a_scale, g_scale, x)
         m = _pilot_means(p, lat)
         ra = p.append_mean / m["append_mean"]
         rg = p.gen_mean / m["gen_mean"]
         rn = p.turns_mean / m["turns_mean"]
-        worst = max(abs(ra - 1), abs(rg - 1), abs(rn - 1))
-        if worst <= tol:
+        if max(abs(ra - 1), abs(rg - 1), abs(rn - 1)) <= tol:
             _SOLVED[key] = lat
             return lat
-        sigma = min(4.0, max(0.0, lat.intensity_sigma * rn ** 0.7 + (0.02 if rn > 1 and lat.intensity_sigma < 0.05 else 0)))
-        lat = Latent(lat.append_scale * ra, lat.gen_scale * rg, sigma)
-    m = _pilot_means(p, lat)
+        log_turns = math.log(m["turns_mean"])
+        step = 0.7 * math.log(rn) * max(abs(x), 0.3)  # first step: proportional
+        if prev is not None and abs(x - prev[0]) > 1e-9 and abs(log_turns - prev[1]) > 1e-9:
+            slope = (log_turns - prev[1]) / (x - prev[0])
+            if slope > 0:
+                step = math.log(rn) / slope
+        step = max(-0.5, min(0.5, step))
+        new_x = min(SIGMA_MAX, max(X_MIN, x + step))
+        if (new_x == x == SIGMA_MAX and rn > 1 + tol) or (new_x == x == X_MIN and rn < 1 - tol):
+            break  # the knob is at its bound and turns still miss: out of reach
+        prev = (x, log_turns)
+        a_scale, g_scale, x = a_scale * ra, g_scale * rg, new_x
+    m = _pilot_means(p, _latent(a_scale, g_scale, x))
     raise InputError(
         f"these targets are out of reach of the generator (closest: turns {m['turns_mean']:.0f}, append "
         f"{m['append_mean']:.0f}, gen {m['gen_mean']:.0f} for max_context {p.max_context}); "
         "fewer turns, shorter rounds or a longer max_context fit together", field="turns_mean")
+
+
+def _latent(append_scale: float, gen_scale: float, x: float) -> Latent:
+    return Latent(append_scale, gen_scale, max(0.0, x), math.exp(min(0.0, x)))
+
+
+SIGMA_MAX = 4.0
+X_MIN = math.log(0.02)
+MAX_TURNS_CAP = 20_000
+
+
+def _check_reachable(p: SynthParams) -> None:
+    """Cheap refusals before any pilot run: targets no agent population could realise."""
+    # Total tokens of an agent stay within max_context, and each round generates gen tokens on average,
+    # so the mean number of turns cannot exceed ~max_context / gen (lognormal gens: a factor e^sigma^2).
+    bound = p.max_context / p.gen_mean * math.exp(p.gen_sigma ** 2)
+    if p.turns_mean > bound:
+        raise InputError(f"{p.turns_mean:g} turns of {p.gen_mean:g} generated tokens each cannot fit in "
+                         f"max_context {p.max_context} (at most ~{bound:.0f} turns)", field="turns_mean")
+    if p.turns_max > MAX_TURNS_CAP:
+        raise InputError(f"turn limit {p.turns_max} (turns_max_ratio x turns_mean) is above {MAX_TURNS_CAP}",
+                         field="turns_mean")
 
 
 # ----- the generator ------------------------------------------------------------------------------
