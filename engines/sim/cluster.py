@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from engines.sim.links import Link, Network
+from engines.sim.links import Link, Network, SharedLink
 from engines.spec.cost import CostModel
 
 
@@ -29,7 +29,7 @@ class ClusterShape:
 
 class Node:
     __slots__ = ("id", "kind", "name", "snic_rx", "snic_tx", "dram_rx", "dram_tx", "dram_cap", "dram_used",
-                 "dram_waiters", "read_queue", "active_reads", "read_q_tokens")
+                 "dram_waiters", "read_queue", "active_reads", "read_q_tokens", "reader")
 
     def __init__(self, id: int, kind: str, name: str, net: Network, snic_rate: float, dram_cap: float):
         self.id = id
@@ -39,6 +39,7 @@ class Node:
         self.snic_tx: Link = net.add_link(id, "snic", "tx", snic_rate)
         self.dram_rx: Link = net.add_link(id, "dram", "rx", None)
         self.dram_tx: Link = net.add_link(id, "dram", "tx", None)
+        self.reader = SharedLink(net, self.snic_rx, (self.dram_rx,), "kv_read")  # storage reads share the SNIC
         self.dram_cap = dram_cap
         self.dram_used = 0.0
         self.dram_waiters: deque = deque()   # callables waiting for staging-buffer space

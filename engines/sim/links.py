@@ -9,6 +9,7 @@ a version number so superseded ones are ignored.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Callable
 
@@ -43,6 +44,66 @@ class Flow:
         self.version = 0
 
 
+class SharedLink:
+    """A link whose flows cross only it (storage reads on an SNIC): exact processor sharing with a
+    virtual clock, one pending event per link instead of one per flow."""
+
+    __slots__ = ("net", "link", "cols", "v", "t_last", "heap", "seq", "version")
+
+    def __init__(self, net: "Network", link: Link, meters: tuple, traffic: str):
+        self.net = net
+        self.link = link
+        t = _TRAFFIC_INDEX[traffic]
+        self.cols = [l.id * len(TRAFFIC) + t for l in (link,) + meters]
+        self.v = 0.0          # bytes each active flow has received so far
+        self.t_last = 0.0
+        self.heap: list = []
+        self.seq = 0
+        self.version = 0
+
+    def _advance(self, now: float) -> None:
+        n = len(self.heap)
+        dt = now - self.t_last
+        if n and dt > 0:
+            cap = self.link.capacity
+            self.v += dt * cap / n
+            self.net._record_cols(self.cols, self.t_last, now, dt * cap)
+        self.t_last = now
+
+    def start(self, size: float, on_done: Callable[[], None]) -> None:
+        loop = self.net.loop
+        if size <= 0:
+            loop.at(loop.now, on_done)
+            return
+        self._advance(loop.now)
+        heapq.heappush(self.heap, (self.v + size, self.seq, on_done))
+        self.seq += 1
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        self.version += 1
+        if self.heap:
+            n = len(self.heap)
+            wait = (self.heap[0][0] - self.v) * n / self.link.capacity
+            self.net.loop.at(self.t_last + max(0.0, wait), self._next, self.version)
+
+    def _next(self, version: int) -> None:
+        if version != self.version:
+            return
+        self._advance(self.net.loop.now)
+        done = []
+        heap = self.heap
+        while heap and heap[0][0] <= self.v * (1 + 1e-12) + 1e-6:
+            done.append(heapq.heappop(heap)[2])
+        self._reschedule()
+        for on_done in done:
+            on_done()
+
+    @property
+    def active(self) -> int:
+        return len(self.heap)
+
+
 class Network:
     """All links of the cluster and the flows on them."""
 
@@ -52,6 +113,7 @@ class Network:
         self.links: list[Link] = []
         self.windows: list[list[float]] = []  # windows[w][link.id * len(TRAFFIC) + traffic] = bytes
         self.active = 0
+        self._dirty: dict[Flow, None] = {}    # flows whose share may have changed at this instant
 
     def add_link(self, node: int, name: str, direction: str, capacity: float | None) -> Link:
         link = Link(len(self.links), node, name, direction, capacity)
@@ -71,13 +133,27 @@ class Network:
             self.loop.at(now, on_done)
             return flow
         self.active += 1
-        touched: dict[Flow, None] = {}
+        alone = True
         for link in links:
+            if link.flows:
+                alone = False
             link.flows[flow] = None
-            touched.update(link.flows)
-        touched[flow] = None
-        self._rerate(touched, now)
+        if alone:  # nobody to share with: its rate is the narrowest link, nothing else changes
+            flow.rate = min((link.capacity for link in links), default=1e18)
+            flow.version += 1
+            self.loop.at(now + flow.left / flow.rate, self._done, flow, flow.version)
+            return flow
+        dirty = self._dirty
+        if not dirty:
+            self.loop.at(now, self._flush)
+        for link in links:
+            dirty.update(link.flows)
         return flow
+
+    def _flush(self) -> None:
+        """Re-rate, once, every flow touched by the starts and ends of this instant."""
+        dirty, self._dirty = self._dirty, {}
+        self._rerate(dirty, self.loop.now)
 
     def _advance(self, flow: Flow, now: float) -> None:
         """Account the bytes a flow moved since its last update."""
@@ -91,6 +167,8 @@ class Network:
     def _rerate(self, flows, now: float) -> None:
         loop = self.loop
         for flow in flows:
+            if flow.left <= 0:
+                continue  # finished at this instant
             rate = math.inf
             for link in flow.links:
                 share = link.capacity / len(link.flows)
@@ -112,12 +190,13 @@ class Network:
         flow.left = 0.0
         flow.version += 1
         self.active -= 1
-        touched: dict[Flow, None] = {}
+        dirty = self._dirty
         for link in flow.links:
             link.flows.pop(flow, None)
-            touched.update(link.flows)
-        if touched:
-            self._rerate(touched, now)
+            if link.flows:
+                if not dirty:
+                    self.loop.at(now, self._flush)
+                dirty.update(link.flows)
         flow.on_done()
 
     # ----- telemetry ---------------------------------------------------------------------------
@@ -125,10 +204,12 @@ class Network:
         """Count bytes that moved without a flow (e.g. write-backs, which never constrain a link)."""
         nt = len(TRAFFIC)
         t = _TRAFFIC_INDEX[traffic]
-        probe = Flow(nbytes, (), [link.id * nt + t for link in links], _noop, t0)
-        self._record(probe, t0, max(t1, t0), nbytes)
+        self._record_cols([link.id * nt + t for link in links], t0, max(t1, t0), nbytes)
 
     def _record(self, flow: Flow, t0: float, t1: float, moved: float) -> None:
+        self._record_cols(flow.cols, t0, t1, moved)
+
+    def _record_cols(self, cols: list, t0: float, t1: float, moved: float) -> None:
         ws = self.window_s
         w0, w1 = int(t0 / ws), int(t1 / ws)
         windows = self.windows
@@ -136,7 +217,6 @@ class Network:
             width = len(self.links) * len(TRAFFIC)
             while len(windows) <= w1:
                 windows.append([0.0] * width)
-        cols = flow.cols
         if w0 == w1:
             row = windows[w0]
             for c in cols:
@@ -176,6 +256,3 @@ class Network:
             "bytes": np.rint(grid[w, c]).astype(np.int64).tolist(),
             "traffic": traffic[c % nt].tolist(),
         }
-
-def _noop() -> None:
-    return None

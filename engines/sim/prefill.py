@@ -50,9 +50,10 @@ class PrefillGroup:
             return []
         shapes = [(r.cached_now, r.remaining) for r in candidates]
         if sim.policy.paper_scheduler:
-            packed = pack_chunked(shapes, cost.prefill_attention_s, cost.max_chunk, sim.k.compute_quota_s)
+            packed = pack_chunked(shapes, cost.prefill_attention_s, cost.max_chunk, sim.k.compute_quota_s,
+                                  cost.batch_speed)
         else:
-            packed = pack_whole(shapes, cost.prefill_attention_s, sim.k.compute_quota_s)
+            packed = pack_whole(shapes, cost.prefill_attention_s, sim.k.compute_quota_s, cost.batch_speed)
         out = []
         for item in packed:
             req = candidates[item.index]
@@ -69,21 +70,25 @@ class PrefillGroup:
         sim = self.sim
         items = []
         tokens = 0
+        requests = 0
         attn_max = 0.0
+        cost = sim.cost
         for pe in self.pes:
             if not pe.ready:
                 continue
             batch = self._form(pe)
             if batch:
+                speed = cost.batch_speed(len(batch))
+                batch = [(req, ntok, attn / speed) for req, ntok, attn in batch]  # batch-size efficiency
                 items.append((pe, batch))
-                attn = sum(b[2] for b in batch)
-                attn_max = max(attn_max, attn)
+                attn_max = max(attn_max, sum(b[2] for b in batch))
                 tokens += sum(b[1] for b in batch)
+                requests += len(batch)
         if not items:
             return
-        cost = sim.cost
         ep = len(self.pes) if cost.is_moe else 1
-        self.compute_s = attn_max + cost.prefill_ffn_s(tokens, ep) + cost.prefill_step_overhead_s
+        ffn = cost.prefill_ffn_s(tokens, ep) / cost.batch_speed(requests / ep)
+        self.compute_s = attn_max + ffn + cost.prefill_step_overhead_s
         self.busy = True
         self.items = items
         self.t0 = sim.loop.now

@@ -140,3 +140,12 @@ class Recorder:
             "jct_s": (done - start).tolist(),
             "status": ["ok" if np.isfinite(t) else "cancelled" for t in done],
         })
+
+
+class NullSink:
+    """Discards every record (calibration and benchmarks that only need the run facts)."""
+
+    def requests(self, batch): pass
+    def agents(self, batch): pass
+    def links(self, batch): pass
+    def engines(self, batch): pass

@@ -168,7 +168,7 @@ class Simulation:
 
     def read_flow(self, node: Node, req: Request) -> None:
         req.read_bytes = int(req.hit_bytes)
-        self.net.start(req.hit_bytes, (node.snic_rx,), (node.dram_rx,), "kv_read", lambda: self.read_done(node, req))
+        node.reader.start(req.hit_bytes, lambda: self.read_done(node, req))
 
     def read_done(self, node: Node, req: Request) -> None:
         node.active_reads -= 1

@@ -7,10 +7,14 @@ compute) plus per-layer expert-parallel all-to-all latency.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from engines.spec.constants import SimConstants
 from engines.spec.profiles import HardwareSpec, ModelSpec
+
+
+BATCH_SPEEDUP = ((1, 1.0), (2, 1.7), (3, 2.1), (5, 2.6), (10, 2.9), (20, 3.0))
 
 
 def _sum_min(cached: int, new: int, cap: int) -> float:
@@ -26,7 +30,7 @@ def _sum_ctx(cached: int, new: int) -> float:
     return new * cached + new * (new + 1) / 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CostModel:
     model: ModelSpec
     hw: HardwareSpec
@@ -106,6 +110,20 @@ class CostModel:
     def prefill_step_overhead_s(self) -> float:
         return self.model.layers * self.k.prefill_layer_overhead_s + self.k.prefill_step_overhead_s
 
+    def batch_speed(self, requests: float) -> float:
+        """Relative prefill throughput of a batch of this many requests (1.0 at saturation).
+
+        reference/paper.md 1.5, Fig. 3 right (30K context + 300 appended tokens): bs 1, 2, 3, 5, 10, 20
+        give 1.0, 1.7, 2.1, 2.6, 2.9, 3.0x the token throughput of bs 1; linear in between."""
+        n = max(1.0, requests)
+        pts = BATCH_SPEEDUP
+        if n >= pts[-1][0]:
+            return 1.0
+        for (n0, s0), (n1, s1) in zip(pts, pts[1:]):
+            if n <= n1:
+                return (s0 + (s1 - s0) * (n - n0) / (n1 - n0)) / pts[-1][1]
+        return 1.0
+
     def max_chunk(self, cached: int, new: int, budget_s: float) -> int:
         """Largest chunk (<= new tokens) whose attention time fits in budget_s (binary search)."""
         lo, hi = 0, new
@@ -118,7 +136,8 @@ class CostModel:
         return lo
 
     def gpu_prompt_tokens_per_s(self, cached: float, new: float) -> float:
-        """Prompt tokens (hit included) one GPU processes per second on requests of this shape."""
+        """Prompt tokens (hit included) one GPU processes per second on requests of this shape, in
+        saturated batches."""
         t = self.prefill_attention_s(int(cached), max(1, int(new))) + self.prefill_ffn_s(max(1.0, new), 1)
         return (cached + new) / t
 
@@ -135,18 +154,27 @@ class CostModel:
         return m.layers * m.kv_bytes_per_token_layer * ctx
 
     def decode_step_s(self, batch: int, ctx: float, min_ctx_topk: float) -> float:
-        """Time of one decode iteration on a GPU holding `batch` sequences."""
+        """Time of one decode iteration on a GPU holding `batch` sequences (roofline, see module doc)."""
         if batch <= 0:
             return 0.0
+        c = self._decode_coefficients
+        memory = c[0] + c[1] * min_ctx_topk + c[2] * ctx
+        compute = c[3] * batch + c[4] * min_ctx_topk + c[5] * ctx
+        return max(memory, compute) + c[6] + batch * c[7]
+
+    @functools.cached_property
+    def _decode_coefficients(self) -> tuple[float, ...]:
+        """decode_step_s as linear terms in (batch, sum of min(ctx, top-k), sum of ctx), computed once."""
         m, g, k = self.model, self.hw.gpu, self.k
-        weights = self.weight_bytes_per_gpu(self.decode_ep)
-        kv = self.decode_kv_read_bytes(ctx, min_ctx_topk)
-        memory = weights / (g.hbm_bw_bytes_s * k.decode_weight_bw_efficiency) + kv / (g.hbm_bw_bytes_s * k.decode_kv_bw_efficiency)
-        attn, idx = self._decode_attention_flops(ctx, min_ctx_topk)
-        flops = 2 * m.linear_params_per_token * batch + attn + idx
-        compute = flops / (self._linear_peak * k.decode_mfu)
+        w_rate, kv_rate = g.hbm_bw_bytes_s * k.decode_weight_bw_efficiency, g.hbm_bw_bytes_s * k.decode_kv_bw_efficiency
+        kv_min = self.decode_kv_read_bytes(0.0, 1.0)
+        kv_ctx = self.decode_kv_read_bytes(1.0, 0.0)
+        attn_min, attn_ctx = self._decode_attention_flops(0.0, 1.0), self._decode_attention_flops(1.0, 0.0)
+        peak = self._linear_peak * k.decode_mfu
         ep = m.moe_layers * k.ep_layer_latency_s if self.is_moe and self.decode_ep > 1 else 0.0
-        return max(memory, compute) + ep + k.decode_step_overhead_s + batch * k.decode_per_seq_s
+        return (self.weight_bytes_per_gpu(self.decode_ep) / w_rate, kv_min / kv_rate, kv_ctx / kv_rate,
+                2 * m.linear_params_per_token / peak, sum(attn_min) / peak, sum(attn_ctx) / peak,
+                ep + k.decode_step_overhead_s, k.decode_per_seq_s)
 
     def _decode_attention_flops(self, ctx: float, min_ctx_topk: float) -> tuple[float, float]:
         m = self.model

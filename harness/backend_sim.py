@@ -1,0 +1,27 @@
+"""`backend: sim`: run a system of the scenario on the simulator, records into the results writer."""
+from __future__ import annotations
+
+import numpy as np
+
+from engines.sim import simulate
+from engines.spec import SimConstants, hardware_spec, model_spec
+from traces.errors import InputError
+from traces.schema import Trace
+
+
+def sim_constants(scenario: dict) -> SimConstants:
+    return SimConstants().with_overrides(scenario.get("sim"))
+
+
+def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
+               progress=None) -> dict:
+    try:
+        model = model_spec(scenario["model"])
+        hardware = hardware_spec(scenario["hardware"])
+        constants = sim_constants(scenario)
+    except InputError as exc:
+        raise exc.at(scenario.get("_path")) from None
+    info = simulate(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants,
+                    start_s=start_s, not_before_s=not_before_s,
+                    window_s=float(scenario["telemetry"]["window_s"]), sink=sink, progress=progress)
+    return {"sim": {"events": info["events"], "alpha_tokens": info["alpha_tokens"], "beta_tokens": info["beta_tokens"]}}
