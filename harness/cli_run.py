@@ -39,7 +39,10 @@ def cmd_run(args) -> int:
                          path=args.scenario, field="backend")
     from harness import backend_sim
 
-    backend_sim.sim_constants(scenario)  # bad `sim:` keys fail before anything runs
+    try:
+        backend_sim.sim_constants(scenario)  # bad `sim:` keys fail before anything runs
+    except InputError as exc:
+        raise exc.at(args.scenario) from None
     with progress(None, "trace", unit="agent") as advance:
         trace = scenario_trace(scenario["trace"], progress=advance)
     start_s, not_before = schedule(scenario["arrival"], trace, int(scenario["seed"]))

@@ -177,25 +177,31 @@ def interval_histograms(times_s, values_s, window_s: float) -> list[tuple[float,
 
 
 # ----- balance ---------------------------------------------------------------------------------------
-def snic_balance_per_window(links: pd.DataFrame | None, window_s: float) -> np.ndarray:
+def snic_balance_per_window(links: pd.DataFrame | None, window_s: float, *,
+                            with_bytes: bool = False):
     """Per telemetry window, max/avg over nodes of storage-NIC read bytes (windows with reads only).
 
     The nodes are every node with an `snic` row; a node with no read in a window counts as 0 bytes.
+    With `with_bytes`, also each window's total read bytes (to weight the windows: a run's nearly idle
+    tail, where a handful of reads make any ratio, then counts for little).
     """
     if links is None or len(links) == 0:
-        return np.zeros(0)
+        return (np.zeros(0), np.zeros(0)) if with_bytes else np.zeros(0)
     snic = links[links["link"].astype(str).to_numpy() == "snic"]
     nodes = pd.unique(snic["node"])
     reads = snic[(snic["direction"].astype(str).to_numpy() == "rx")
                  & (snic["traffic"].astype(str).to_numpy() == "kv_read")]
     if len(reads) == 0:
-        return np.zeros(0)
+        return (np.zeros(0), np.zeros(0)) if with_bytes else np.zeros(0)
     window = np.floor(_float(reads, "t_start") / window_s + 1e-6).astype(np.int64)
     per_node = (pd.DataFrame({"window": window, "node": reads["node"].to_numpy(), "bytes": _float(reads, "bytes")})
                 .groupby(["window", "node"])["bytes"].sum().unstack(fill_value=0.0)
                 .reindex(columns=nodes, fill_value=0.0))
     avg, peak = per_node.mean(axis=1).to_numpy(), per_node.max(axis=1).to_numpy()
-    return peak[avg > 0] / avg[avg > 0]
+    ratio = peak[avg > 0] / avg[avg > 0]
+    if with_bytes:
+        return ratio, per_node.sum(axis=1).to_numpy()[avg > 0]
+    return ratio
 
 
 def attention_balance_per_step(engines: pd.DataFrame | None) -> pd.DataFrame:
@@ -297,7 +303,7 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
     breakdown_mean = {c: _mean_or_none(_float(ok, c)) for c in BREAKDOWN_COLUMNS}
     breakdown_mean = {c: m for c, m in breakdown_mean.items() if m is not None}
 
-    snic = snic_balance_per_window(links, window_s)
+    snic, snic_bytes = snic_balance_per_window(links, window_s, with_bytes=True)
     steps = attention_balance_per_step(engines)
     if len(steps):
         early_start = t_start if t_start is not None else float(steps["t"].min())
@@ -324,7 +330,7 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
         "hit_rate_expected": _ratio(np.nansum(_float(ok, "expected_cached_tokens")), np.nansum(prompt)),
         "hit_rate_achieved": _ratio(cached[known].sum(), prompt[known].sum()) if known.any() else None,
         "slo": _slo_summary(slo or {}, latencies, ok, duration),
-        "snic_balance": float(snic.mean()) if len(snic) else None,
+        "snic_balance": float(np.average(snic, weights=snic_bytes)) if len(snic) else None,  # byte-weighted
         "snic_balance_p90": float(np.percentile(snic, 90)) if len(snic) else None,
         "snic_windows": int(len(snic)),
         "attention_balance": float(steps["ratio"].mean()) if len(steps) else None,

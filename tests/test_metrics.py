@@ -205,7 +205,8 @@ def test_snic_balance_counts_idle_nodes_and_ignores_other_traffic():
     s = summarize_system(None, None, links, None, None, 1.0)
     ratios = [300 / 200, 3.0]
     assert s["snic_windows"] == 2
-    assert s["snic_balance"] == pytest.approx(np.mean(ratios))
+    # windows weighted by their read bytes (600 and 400): a nearly idle window counts for little
+    assert s["snic_balance"] == pytest.approx(np.average(ratios, weights=[600, 400]))
     assert s["snic_balance_p90"] == pytest.approx(np.percentile(ratios, 90))
     assert summarize_system(None, None, _links([]), None, None, 1.0)["snic_balance"] is None
 

@@ -30,25 +30,29 @@ def choose_group(groups: Sequence[Sequence[EngineView]]) -> int:
     return min(range(len(groups)), key=lambda g: (sum(e.tok for e in groups[g]), g))
 
 
-def choose_de_paper(length: float, need: float, engines: Sequence[EngineView], z: float) -> int:
-    """Phase 2 for one request inside a group: index into `engines`, or -1 if none has the HBM."""
+def choose_de_paper(length: float, need: float, engines: Sequence[EngineView], z: float, rotate: int = 0) -> int:
+    """Phase 2 for one request inside a group: index into `engines`, or -1 if none has the HBM.
+    Exact ties go to the first engine id counting from `rotate`."""
+    n = len(engines)
     best, best_key = -1, None
     for i, e in enumerate(engines):
         if e.hbm_free_bytes < need:
             continue
-        key = (0, e.seq, e.tok, e.id) if e.tok + length <= z else (1, e.tok, 0, e.id)
+        tie = ((e.id - rotate) % n, e.id)
+        key = (0, e.seq, e.tok, tie) if e.tok + length <= z else (1, e.tok, 0, tie)
         if best_key is None or key < best_key:
             best, best_key = i, key
     return best
 
 
-def choose_de_least_loaded(need: float, engines: Sequence[EngineView]) -> int:
-    """Baseline: the DE with the fewest unfinished tokens among those with room, or -1."""
+def choose_de_least_loaded(need: float, engines: Sequence[EngineView], rotate: int = 0) -> int:
+    """Baseline: the DE with the fewest unfinished tokens among those with room, or -1 (ties rotate)."""
+    n = len(engines)
     best, best_key = -1, None
     for i, e in enumerate(engines):
         if e.hbm_free_bytes < need:
             continue
-        key = (e.tok, e.id)
+        key = (e.tok, (e.id - rotate) % n, e.id)
         if best_key is None or key < best_key:
             best, best_key = i, key
     return best

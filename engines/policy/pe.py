@@ -23,23 +23,28 @@ class EngineView:
 
 
 def choose_pe_paper(engines: Sequence[EngineView], read_q: Callable[[int], float], alpha: float,
-                    beta: float) -> int:
-    """Index of the PE for the request at the head of the queue, or -1 (all overloaded: stop)."""
+                    beta: float, rotate: int = 0) -> int:
+    """Index of the PE for the request at the head of the queue, or -1 (all overloaded: stop).
+
+    Exact ties go to the first engine id counting from `rotate` (callers rotate it per request, so idle
+    engines share the work instead of the lowest id taking it all)."""
+    n = len(engines)
     best, best_key = -1, None
     for i, e in enumerate(engines):
         if e.tok > beta:
             continue  # C1: overloaded
-        key = (0 if read_q(e.node) <= alpha else 1, e.tok, e.id)  # C2 before C3, then fewest tokens
+        key = (0 if read_q(e.node) <= alpha else 1, e.tok, (e.id - rotate) % n, e.id)  # C2 before C3, fewest tok
         if best_key is None or key < best_key:
             best, best_key = i, key
     return best
 
 
-def choose_pe_least_loaded(engines: Sequence[EngineView]) -> int:
-    """Baseline: the PE with the fewest unfinished tokens (no cap)."""
+def choose_pe_least_loaded(engines: Sequence[EngineView], rotate: int = 0) -> int:
+    """Baseline: the PE with the fewest unfinished tokens (no cap); ties as in choose_pe_paper."""
+    n = len(engines)
     best, best_key = -1, None
     for i, e in enumerate(engines):
-        key = (e.tok, e.id)
+        key = (e.tok, (e.id - rotate) % n, e.id)
         if best_key is None or key < best_key:
             best, best_key = i, key
     return best

@@ -29,7 +29,8 @@ class ClusterShape:
 
 class Node:
     __slots__ = ("id", "kind", "name", "snic_rx", "snic_tx", "dram_rx", "dram_tx", "dram_cap", "dram_used",
-                 "dram_waiters", "read_queue", "active_reads", "read_q_tokens", "reader")
+                 "dram_waiters", "read_queue", "active_reads", "read_q_tokens", "read_tokens", "reader",
+                 "blocked_groups")
 
     def __init__(self, id: int, kind: str, name: str, net: Network, snic_rate: float, dram_cap: float):
         self.id = id
@@ -39,13 +40,16 @@ class Node:
         self.snic_tx: Link = net.add_link(id, "snic", "tx", snic_rate)
         self.dram_rx: Link = net.add_link(id, "dram", "rx", None)
         self.dram_tx: Link = net.add_link(id, "dram", "tx", None)
-        self.reader = SharedLink(net, self.snic_rx, (self.dram_rx,), "kv_read")  # storage reads share the SNIC
+        # storage reads share the SNIC; recorded once, on the SNIC (DESIGN.md links contract)
+        self.reader = SharedLink(net, self.snic_rx, (), "kv_read")
+        self.blocked_groups: dict = {}       # prefill groups that left work waiting for this buffer
         self.dram_cap = dram_cap
         self.dram_used = 0.0
         self.dram_waiters: deque = deque()   # callables waiting for staging-buffer space
         self.read_queue: deque = deque()     # requests waiting to read from storage
         self.active_reads = 0
         self.read_q_tokens = 0.0             # tokens queued or being read (the scheduler's read_q)
+        self.read_tokens = 0.0               # tokens ever given to this node to read
 
 
 class Engine:

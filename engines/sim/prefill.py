@@ -43,6 +43,7 @@ class PrefillGroup:
                 need = req.prompt_bytes
                 extra = reserve.get(node.id, 0.0)
                 if node.dram_used + extra + need > node.dram_cap and (node.dram_used + extra) > 0:
+                    node.blocked_groups[self] = None  # kick this group when that buffer frees
                     continue  # its DE buffer is full: leave it for a later step
                 reserve[node.id] = extra + need
             candidates.append(req)
@@ -102,13 +103,28 @@ class PrefillGroup:
         sim.loop.after(self.compute_s, self._compute_end)
 
     def _start_streams(self, pe: Engine, req, ntok: int) -> None:
-        """Layer-wise: load this request's cached KV into HBM and stream its new (PE path: all) KV out."""
+        """Layer-wise: load this request's cached KV into HBM and stream its new (PE path: all) KV out.
+
+        On the PE path the loads (local H2D) and the outgoing stream both leave through the PE's CNIC;
+        layer k goes out only after layer k came in and was computed, so the outgoing stream starts when
+        the load is done. On the DE path they cross the CNIC in opposite directions and overlap."""
         sim = self.sim
         load = req.cached_now * req.kv
+        pe_path = req.read_side != "de"
+        out = ntok * req.kv + (req.hit_bytes if req.chunks == 0 and pe_path else 0.0)
+        if load > 0 and pe_path:
+            req.outstanding += 1  # the outgoing stream, once the load is in
+            self.loads_pending += 1
+
+            def loaded() -> None:
+                req.outstanding -= 1
+                sim.send_to_de(pe, req, out)
+                self._load_done()
+            sim.load_kv(pe, req, load, loaded)
+            return
         if load > 0:
             self.loads_pending += 1
             sim.load_kv(pe, req, load, self._load_done)
-        out = ntok * req.kv + (req.hit_bytes if req.chunks == 0 and req.read_side != "de" else 0.0)
         sim.send_to_de(pe, req, out)
 
     def _load_done(self) -> None:

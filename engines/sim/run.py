@@ -30,6 +30,20 @@ def cost_model(model: ModelSpec, hw: HardwareSpec, shape: ClusterShape, constant
     return CostModel(model, hw, constants, prefill_ep=pe_group, decode_ep=de_group)
 
 
+def check_fits(workload: Workload, cost: CostModel, model: ModelSpec, hardware: HardwareSpec) -> None:
+    """Refuse runs that could never finish: a round whose KV no decode GPU can hold."""
+    cap = cost.decode_kv_capacity_bytes()
+    if cap <= 0:
+        raise InputError(f"{model.name} does not fit on a decode GPU of {hardware.name} with expert parallelism "
+                         f"{cost.decode_ep} (weights {cost.weight_bytes_per_gpu(cost.decode_ep) / 1e9:.0f} GB, HBM "
+                         f"{hardware.gpu.hbm_bytes / 1e9:.0f} GB); add decode nodes", field="cluster.decode_nodes")
+    tokens = max(p + g for p, g in zip(workload.prompt, workload.gen)) if workload.prompt else 0
+    if tokens * cost.kv_bytes_per_token > cap:
+        raise InputError(f"a round of {tokens:,} tokens needs {tokens * cost.kv_bytes_per_token / 1e9:.1f} GB of KV "
+                         f"on one decode GPU, which holds {cap / 1e9:.1f} GB for {model.name} on {hardware.name}",
+                         field="trace")
+
+
 def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareSpec, cluster: dict,
              constants: SimConstants | None = None, start_s: np.ndarray | None = None,
              not_before_s: np.ndarray | None = None, window_s: float = 1.0, sink=None, progress=None) -> dict:
@@ -41,6 +55,7 @@ def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareS
     cost = cost_model(model, hardware, shape, constants or SimConstants())
     agents = len(trace.agent_starts())
     workload = Workload(trace, np.zeros(agents) if start_s is None else start_s, not_before_s)
+    check_fits(workload, cost, model, hardware)
     sim = Simulation(workload, policy, cost, shape, window_s=window_s, sink=sink if sink is not None else MemorySink(),
                      progress=progress)
     return sim.run()

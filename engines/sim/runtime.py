@@ -57,6 +57,7 @@ class Simulation:
         else:
             self.choose_side = read_side_pe_only
         self.agents_left = workload.agents
+        self.dispatched = 0
         self.agent_done_t = np.full(workload.agents, np.nan)
 
     # ----- run ---------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class Simulation:
         w = self.w
         for a in range(w.agents):
             self.loop.at(w.first_send(a), self.arrive, a, 0)
-        self.rec.start_sampler(self.loop, lambda: self.agents_left > 0)
+        self.rec.start_sampler(self.loop, self.still_running)
         self.loop.run()
         self.rec.finish(self.net, self.w, self.agent_done_t)
         return {"events": self.loop.events, "makespan_s": float(np.nanmax(self.agent_done_t)) if w.agents else 0.0,
@@ -77,6 +78,16 @@ class Simulation:
         self.queue.append(req)
         self.mark_dirty()
 
+    def still_running(self) -> bool:
+        """For the telemetry sampler: keep sampling while agents remain; a run whose only pending event
+        is the sampler can never finish, which is a bug, not a result."""
+        if self.agents_left <= 0:
+            return False
+        if len(self.loop) == 0:
+            raise RuntimeError(f"simulation stalled at t={self.loop.now:.3f} s with {self.agents_left} agents left "
+                               f"and {len(self.queue)} requests queued")
+        return True
+
     def mark_dirty(self) -> None:
         if not self.dirty:
             self.dirty = True
@@ -84,6 +95,9 @@ class Simulation:
 
     def read_q(self, node: int) -> float:
         return self.cluster.nodes[node].read_q_tokens
+
+    def read_so_far(self, node: int) -> float:
+        return self.cluster.nodes[node].read_tokens
 
     # ----- the global scheduler ----------------------------------------------------------------
     def schedule(self) -> None:
@@ -99,20 +113,22 @@ class Simulation:
                              self.k.de_z_factor) for g in groups]
         while queue:
             req = queue[0]
+            turn = self.dispatched
             if paper:
-                p = choose_pe_paper(pes, self.read_q, self.alpha, self.beta)
+                p = choose_pe_paper(pes, self.read_q, self.alpha, self.beta, turn)
                 if p < 0:
                     break
                 g = choose_group(groups) if len(groups) > 1 else 0
-                d = choose_de_paper(req.length, req.hbm_need, groups[g], z[g])
+                d = choose_de_paper(req.length, req.hbm_need, groups[g], z[g], turn)
                 de = groups[g][d] if d >= 0 else None
             else:
-                p = choose_pe_least_loaded(pes)
-                d = choose_de_least_loaded(req.hbm_need, des)
+                p = choose_pe_least_loaded(pes, turn)
+                d = choose_de_least_loaded(req.hbm_need, des, turn)
                 de = des[d] if d >= 0 else None
             if de is None:
                 break
             queue.popleft()
+            self.dispatched += 1
             pe = pes[p]
             pe.tok += req.length
             pe.seq += 1
@@ -129,10 +145,11 @@ class Simulation:
             req.t_read_start = req.t_read_done = self.loop.now
             self.pe_ready(req)
             return
-        req.read_side = self.choose_side(pe.node, de.node, self.read_q)
+        req.read_side = self.choose_side(pe.node, de.node, self.read_q, self.read_so_far)
         node = self.cluster.nodes[pe.node if req.read_side == "pe" else de.node]
         node.read_queue.append(req)
         node.read_q_tokens += req.hit
+        node.read_tokens += req.hit
         self.pump_reads(node)
 
     # ----- storage reads and staging buffers -----------------------------------------------------
@@ -148,6 +165,10 @@ class Simulation:
             if not node.dram_waiters[0]():
                 break
             node.dram_waiters.popleft()
+        if node.blocked_groups:
+            groups, node.blocked_groups = node.blocked_groups, {}
+            for group in groups:
+                group.kick()
 
     def pump_reads(self, node: Node) -> None:
         k = self.k
@@ -305,6 +326,8 @@ class Simulation:
     def finish(self, req: Request, de: Engine) -> None:
         now = self.loop.now
         req.t_done = now
+        if req.t_second > now:  # predicted at decode start; the batch may have shrunk since
+            req.t_second = now
         de.tok -= req.length
         de.seq -= 1
         de.hbm_free_bytes += req.hbm_need

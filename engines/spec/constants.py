@@ -8,20 +8,28 @@ A scenario's `sim:` mapping overrides any of them by name.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from traces.errors import InputError
 
 
+# Constants that may be 0 (latencies, overheads, reserves); every other one is a rate, a share or a
+# count the model divides by, and must be > 0.
+MAY_BE_ZERO = frozenset({"read_overhead_s", "prefill_layer_overhead_s", "prefill_step_overhead_s",
+                         "prefill_activation_gb", "decode_step_overhead_s", "decode_per_seq_s", "ep_layer_latency_s",
+                         "decode_activation_gb"})
+
+
 @dataclass(frozen=True)
 class SimConstants:
     # ----- storage and links -----
-    snic_efficiency: float = 0.86        # [fitted] share of SNIC line rate a KV read achieves
-    read_overhead_s: float = 0.002       # [fitted] fixed latency of one request's storage read
+    snic_efficiency: float = 0.549       # [fitted] share of SNIC line rate a KV read achieves (basic, 4,096)
+    read_overhead_s: float = 0.002       # [prior] fixed latency of a request's read (fit needs ~0.3 s: README)
     read_parallelism: int = 8            # [assumed] concurrent reads per node sharing its SNIC
     cnic_efficiency: float = 0.8         # [prior] cost-model.md 2.4: eta_CNIC 0.8
     # ----- prefill compute (fractions of peak) -----
-    prefill_efficiency: float = 1.0      # [fitted] scales the three MFUs below together
+    prefill_efficiency: float = 1.0      # [prior] scales the three MFUs below together (1 = the priors)
     linear_mfu: float = 0.7              # [prior] FP8 GEMM MFU for >= 512-token batches (AIC/BLIS 0.6-0.75)
     attention_mfu: float = 0.5           # [prior] BF16 attention kernels (FlashMLA) at long context
     indexer_mfu: float = 0.5             # [prior] FP8 indexer scoring kernels
@@ -34,6 +42,7 @@ class SimConstants:
     decode_mfu: float = 0.3                    # [prior] BLIS MFU_dc ~0.3
     decode_step_overhead_s: float = 0.2e-3     # [prior] BLIS t_step
     decode_per_seq_s: float = 4e-6             # [prior] BLIS t_req ~4 us
+    ep_a2a_bytes_s: float = 10.0e9             # [fitted] decode expert-parallel all-to-all rate per GPU (oracle, 4,096)
     ep_layer_latency_s: float = 0.25e-3        # [spec] DeepEP low-latency dispatch+combine per MoE layer
     decode_activation_gb: float = 4.0          # [assumed]
     # ----- scheduler (reference/paper.md 4) -----
@@ -55,8 +64,15 @@ class SimConstants:
         for key, value in overrides.items():
             if key not in types:
                 raise InputError(f"unknown simulator constant (allowed: {', '.join(types)})", field=f"sim.{key}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise InputError(f"expected a number >= 0, got {value!r}", field=f"sim.{key}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"expected a number, got {value!r}", field=f"sim.{key}")
+            if key in MAY_BE_ZERO:
+                if value < 0:
+                    raise InputError(f"expected a number >= 0, got {value!r}", field=f"sim.{key}")
+            elif value <= 0:
+                raise InputError(f"expected a number > 0, got {value!r}", field=f"sim.{key}")
+            if types[key] == "int" and value != int(value):
+                raise InputError(f"expected a whole number, got {value!r}", field=f"sim.{key}")
             clean[key] = int(value) if types[key] == "int" else float(value)
         return replace(self, **clean)
 

@@ -171,10 +171,19 @@ class CostModel:
         kv_ctx = self.decode_kv_read_bytes(1.0, 0.0)
         attn_min, attn_ctx = self._decode_attention_flops(0.0, 1.0), self._decode_attention_flops(1.0, 0.0)
         peak = self._linear_peak * k.decode_mfu
-        ep = m.moe_layers * k.ep_layer_latency_s if self.is_moe and self.decode_ep > 1 else 0.0
+        expert_parallel = self.is_moe and self.decode_ep > 1
+        ep = m.moe_layers * k.ep_layer_latency_s if expert_parallel else 0.0
+        per_seq = k.decode_per_seq_s + (self.a2a_bytes_per_token / k.ep_a2a_bytes_s if expert_parallel else 0.0)
         return (self.weight_bytes_per_gpu(self.decode_ep) / w_rate, kv_min / kv_rate, kv_ctx / kv_rate,
                 2 * m.linear_params_per_token / peak, sum(attn_min) / peak, sum(attn_ctx) / peak,
-                ep + k.decode_step_overhead_s, k.decode_per_seq_s)
+                ep + k.decode_step_overhead_s, per_seq)
+
+    @property
+    def a2a_bytes_per_token(self) -> float:
+        """Expert-parallel all-to-all bytes one token moves per step: to each of its routed experts,
+        dispatch (FP8, 1 B) and combine (BF16, 2 B) of the hidden state, in every MoE layer."""
+        m = self.model
+        return m.moe_layers * m.hidden_size * 3 * m.experts_per_token
 
     def _decode_attention_flops(self, ctx: float, min_ctx_topk: float) -> tuple[float, float]:
         m = self.model

@@ -36,6 +36,8 @@ class ModelSpec:
     indexer_dim: int = 0
     head_dim: int = 0
     kv_heads: int = 0
+    hidden_size: int = 0
+    experts_per_token: int = 0      # routed experts each token visits (MoE)
 
     @property
     def kv_bytes_per_token(self) -> int:
