@@ -44,7 +44,7 @@ def main() -> int:
         for name, s in summary["systems"].items():
             rates.setdefault(name, []).append(s["sim_requests_per_wall_s"])
             if i == 0:
-                print(f"  {name:<9} JCT {s['makespan_jct_s']:8.0f} s  requests {s['counts']['requests']:>7}  "
+                print(f"  {name:<9} JCT {s['makespan_jct_s']:8.0f} s  requests {s['counts']['requests']['total']:>7}  "
                       f"sim wall {s['wall_s']:5.1f} s", flush=True)
         print(f"  run {i + 1}: {walls[-1]:.1f} s", flush=True)
     med = statistics.median(walls)
