@@ -14,7 +14,7 @@ def sim_constants(scenario: dict) -> SimConstants:
 
 
 def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
-               progress=None) -> dict:
+               progress=None, until_s: float | None = None) -> dict:
     try:
         model = model_spec(scenario["model"])
         hardware = hardware_spec(scenario["hardware"])
@@ -23,5 +23,6 @@ def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, n
         raise exc.at(scenario.get("_path")) from None
     info = simulate(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants,
                     start_s=start_s, not_before_s=not_before_s,
-                    window_s=float(scenario["telemetry"]["window_s"]), sink=sink, progress=progress)
+                    window_s=float(scenario["telemetry"]["window_s"]), sink=sink, progress=progress,
+                    until_s=float("inf") if until_s is None else until_s)
     return {"sim": {"events": info["events"], "alpha_tokens": info["alpha_tokens"], "beta_tokens": info["beta_tokens"]}}

@@ -1,7 +1,10 @@
-"""`dualpath run SCENARIO.yaml [--set key=value ...] [-o DIR]`: run every system of a scenario and
-write the results directory (DESIGN.md)."""
+"""`dualpath run SCENARIO.yaml [--set key=value ...] [-o DIR] [--capacity]`: run every system of a scenario
+on its backend (`sim`: the simulator; `http`: an OpenAI-compatible endpoint) and write the results
+directory (DESIGN.md); with `--capacity`, search each system's largest Poisson agent rate within the
+SLO instead (harness/capacity.py)."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 from traces.errors import InputError
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
+BACKENDS = ("sim", "http")
 
 
 def register(sub) -> None:
@@ -19,50 +23,172 @@ def register(sub) -> None:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override any scenario key, e.g. --set trace.synth.agents=256; repeatable")
     r.add_argument("-o", "--output", help="results directory (default: results/<name>-<YYYYmmdd-HHMMSS>)")
+    r.add_argument("--capacity", action="store_true",
+                   help="search each system's largest Poisson agent arrival rate within the scenario's SLO")
     r.add_argument("--json", action="store_true", help="print summary.json on stdout (only that)")
     r.set_defaults(func=cmd_run)
 
 
+def backend_module(scenario: dict, path: str):
+    backend = scenario["backend"]
+    if backend == "sim":
+        from harness import backend_sim
+        try:
+            backend_sim.sim_constants(scenario)  # bad `sim:` keys fail before anything runs
+        except InputError as exc:
+            raise exc.at(path) from None
+        return backend_sim
+    if backend == "http":
+        from harness import backend_http
+        try:
+            backend_http.driver_config(scenario)  # a missing API key fails before anything runs
+        except InputError as exc:
+            raise exc.at(path) from None
+        return backend_http
+    raise InputError(f"backend {backend!r} is not available in this version (allowed: {', '.join(BACKENDS)})",
+                     path=path, field="backend")
+
+
 def cmd_run(args) -> int:
+    from harness.results import new_run_dir
+    from harness.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    backend = backend_module(scenario, args.scenario)
+    scenario = {**scenario}
+    run_dir = Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
+    if args.capacity:
+        return run_capacity(args, scenario, backend, run_dir)
+    return run_systems(args, scenario, backend, run_dir)
+
+
+def run_systems(args, scenario: dict, backend, run_dir: Path) -> int:
     from harness import metrics
     from harness.arrivals import schedule
     from harness.cli import emit_json
     from harness.progress import progress
-    from harness.results import ResultsWriter, new_run_dir
-    from harness.scenario import load_scenario
+    from harness.results import ResultsWriter
     from harness.trace_input import scenario_trace
 
-    scenario = load_scenario(args.scenario, args.overrides)
-    backend = scenario["backend"]
-    if backend != "sim":
-        raise InputError(f"backend {backend!r} is not available yet in this version (allowed: sim)",
-                         path=args.scenario, field="backend")
-    from harness import backend_sim
-
-    try:
-        backend_sim.sim_constants(scenario)  # bad `sim:` keys fail before anything runs
-    except InputError as exc:
-        raise exc.at(args.scenario) from None
     with progress(None, "trace", unit="agent") as advance:
-        trace = scenario_trace(scenario["trace"], progress=advance)
+        trace = located(lambda: scenario_trace(scenario["trace"], progress=advance), scenario, args.scenario)
     start_s, not_before = schedule(scenario["arrival"], trace, int(scenario["seed"]))
-    run_dir = Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
     rounds = trace.num_rounds
     with ResultsWriter(run_dir, scenario) as writer:
         for system in scenario["systems"]:
             writer.begin_system(system)
             t0 = time.perf_counter()
             with progress(rounds, f"{system:<12}", unit="req") as advance:
-                facts = backend_sim.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
-                                               not_before, writer, advance)
+                facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
+                                           not_before, writer, advance)
             wall = time.perf_counter() - t0
             facts["wall_s"] = wall
-            facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
-            writer.end_system(facts)
+            if scenario["backend"] == "sim":
+                facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
+            facts["arrival"] = arrival_facts(scenario["arrival"], facts)
+            summary = writer.end_system(facts)
+            aborted = (facts.get("driver") or {}).get("aborted")
+            if aborted:
+                print(f"{system}: {aborted}; kept the {summary['counts']['requests']['total']} requests measured",
+                      file=sys.stderr)
+            for warning in summary.get("warnings", []):
+                print(f"{system}: warning: {warning}", file=sys.stderr)
     summary = writer.summary()
     if args.json:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
+        print(f"results: {run_dir}", file=sys.stderr)
+    return 0
+
+
+def located(make, scenario: dict, path: str):
+    """Run `make()`; an InputError from the trace generator names the scenario file and trace key."""
+    try:
+        return make()
+    except InputError as exc:
+        if exc.path is not None:
+            raise
+        prefix = "trace.synth." if "synth" in scenario["trace"] else "trace."
+        raise InputError(exc.problem, path=path, field=prefix + exc.field if exc.field else "trace") from None
+
+
+def arrival_facts(arrival: dict, facts: dict) -> dict:
+    """Requested vs achieved agent arrival rate (the driver measures the achieved one)."""
+    out = {"mode": arrival.get("mode", "offline"), "requested_rate_aps": arrival.get("rate_aps")}
+    achieved = (facts.get("driver") or {}).get("achieved_agent_rate_aps")
+    if achieved is not None:
+        out["achieved_rate_aps"] = achieved
+        if out["requested_rate_aps"]:
+            out["achieved_over_requested"] = achieved / out["requested_rate_aps"]
+    return out
+
+
+def run_capacity(args, scenario: dict, backend, run_dir: Path) -> int:
+    import pandas as pd
+
+    from harness import capacity
+    from harness.arrivals import agent_start_times
+    from harness.cli import emit_json
+    from harness.results import write_json
+    from harness.scenario import dump_scenario
+    from harness.trace_input import first_agents, scenario_trace
+    from engines.sim import MemorySink
+
+    slo = scenario.get("slo") or {}
+    if not slo.get("ttft_s") and not slo.get("tpot_s"):
+        raise InputError("--capacity needs slo.ttft_s and/or slo.tpot_s", path=args.scenario, field="slo")
+    cfg = capacity.settings(scenario)
+    horizon = float(cfg["horizon_s"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_scenario(scenario, run_dir / "scenario.yaml")
+    max_agents = math.ceil(cfg["rate_aps_max"] * horizon) + 1
+    base_trace = None if "synth" in scenario["trace"] else located(lambda: scenario_trace(scenario["trace"]),
+                                                                    scenario, args.scenario)
+    results, rows = {}, []
+
+    def probe_for(system: str):
+        def run_probe(rate: float) -> capacity.Probe:
+            agents = min(max_agents, math.ceil(rate * horizon) + 1)
+            if base_trace is None:
+                tcfg = {**scenario["trace"], "synth": {**scenario["trace"]["synth"], "agents": agents}}
+                trace = located(lambda: scenario_trace(tcfg), scenario, args.scenario)
+            else:
+                trace = first_agents(base_trace, agents)
+            n = len(trace.agent_starts())
+            start = agent_start_times({"mode": "poisson", "rate_aps": rate, "seed": scenario["arrival"].get("seed")},
+                                      n, int(scenario["seed"]))
+            sink = MemorySink()
+            backend.run_system({**scenario, "_path": args.scenario}, trace, system, start, None, sink, None,
+                               until_s=horizon + cfg["window_s"])
+            req = pd.DataFrame(sink.tables.get("requests", {"t_scheduled": [], "t_first_token": [], "t_done": [],
+                                                            "output_tokens": [], "status": []}))
+            return capacity.judge(req, rate, slo, cfg, horizon)
+        return run_probe
+
+    for system in scenario["systems"]:
+        best, probes = capacity.search(probe_for(system), cfg,
+                                       report=lambda p, s=system: print(capacity.format_probe(s, p), file=sys.stderr,
+                                                                        flush=True))
+        results[system] = {"capacity_aps": best, "probes": [vars(p) for p in probes]}
+        rows.append(capacity.table(system, probes))
+    table = pd.concat([pd.DataFrame(r) for r in rows if r], ignore_index=True) if rows else pd.DataFrame()
+    table.to_csv(run_dir / "capacity.csv", index=False)
+    summary = {"run_id": run_dir.name, "status": "ok", "capacity": results,
+               "meta": {"scenario": scenario, "settings": cfg}}
+    names = list(results)
+    if len(names) >= 2 and all(results[n]["capacity_aps"] for n in names[:2]):
+        summary["capacity_ratio"] = {f"{names[1]}/{names[0]}": results[names[1]]["capacity_aps"] /
+                                     results[names[0]]["capacity_aps"]}
+    write_json(run_dir / "summary.json", summary)
+    if args.json:
+        emit_json(summary)
+    else:
+        for name, r in results.items():
+            cap = r["capacity_aps"]
+            print(f"{name:<12} capacity {'-' if cap is None else f'{cap:.3f}'} agents/s "
+                  f"({len(r['probes'])} probes)")
+        for k, v in summary.get("capacity_ratio", {}).items():
+            print(f"capacity ratio {k}: {v:.2f}")
         print(f"results: {run_dir}", file=sys.stderr)
     return 0

@@ -69,9 +69,9 @@ ALLOWED_VALUES = {
     ("requests", "status"): metrics.STATUSES, ("requests", "read_side"): ("pe", "de", "none"),
     ("agents", "status"): metrics.STATUSES, ("links", "direction"): ("rx", "tx"),
     ("links", "traffic"): ("kv_read", "kv_transfer", "kv_write", "h2d", "other"),
-    ("engines", "role"): ("prefill", "decode"),
+    ("engines", "role"): ("prefill", "decode", "server"),  # server: an external endpoint's gauges
 }
-LINK_NAME = r"snic|dram|cnic\d+"
+LINK_NAME = r"snic|dram|cnic\d+|[a-z0-9_:.-]+"  # ours, or a device a Prometheus endpoint reports
 STREAM_SUFFIX = ".arrows"
 RUN_STATUSES = ("running", "ok", "interrupted", "error")
 

@@ -46,8 +46,10 @@ def check_fits(workload: Workload, cost: CostModel, model: ModelSpec, hardware: 
 
 def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareSpec, cluster: dict,
              constants: SimConstants | None = None, start_s: np.ndarray | None = None,
-             not_before_s: np.ndarray | None = None, window_s: float = 1.0, sink=None, progress=None) -> dict:
-    """Run `system` over `trace`; records go to `sink`; returns run facts (events, makespan, alpha, beta)."""
+             not_before_s: np.ndarray | None = None, window_s: float = 1.0, sink=None, progress=None,
+             until_s: float = float("inf")) -> dict:
+    """Run `system` over `trace`; records go to `sink`; returns run facts (events, makespan, alpha, beta).
+    With `until_s` the simulation stops at that time (capacity probes)."""
     from engines.sim.records import MemorySink
 
     policy = system_policy(system)
@@ -58,4 +60,4 @@ def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareS
     check_fits(workload, cost, model, hardware)
     sim = Simulation(workload, policy, cost, shape, window_s=window_s, sink=sink if sink is not None else MemorySink(),
                      progress=progress)
-    return sim.run()
+    return sim.run(until_s)

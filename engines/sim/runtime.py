@@ -61,14 +61,16 @@ class Simulation:
         self.agent_done_t = np.full(workload.agents, np.nan)
 
     # ----- run ---------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, until_s: float = float("inf")) -> dict:
+        """Run to the end (or to `until_s`: rounds not finished by then are not recorded)."""
         w = self.w
         for a in range(w.agents):
             self.loop.at(w.first_send(a), self.arrive, a, 0)
         self.rec.start_sampler(self.loop, self.still_running)
-        self.loop.run()
+        self.loop.run(until=until_s)
         self.rec.finish(self.net, self.w, self.agent_done_t)
-        return {"events": self.loop.events, "makespan_s": float(np.nanmax(self.agent_done_t)) if w.agents else 0.0,
+        done = self.agent_done_t[np.isfinite(self.agent_done_t)]
+        return {"events": self.loop.events, "makespan_s": float(done.max()) if len(done) else float("nan"),
                 "alpha_tokens": self.alpha, "beta_tokens": self.beta}
 
     def arrive(self, a: int, r: int) -> None:

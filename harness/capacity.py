@@ -1,0 +1,137 @@
+"""Capacity search: the largest Poisson agent arrival rate (agents/s) a system serves within its SLO.
+
+Each probe runs the system with agents arriving as a Poisson process at one rate for `horizon_s`
+(default: warm-up + 30 min + 150 s, long enough for the paper's steady-state rule), on the simulator
+or against an endpoint alike. A probe passes when, over the measurement window (requests scheduled
+after `warmup_s` and before the horizon), the mean TTFT and mean TPOT (or the scenario's SLO
+percentile) are within the SLO, and fails otherwise. The paper's stopping rules (reference/paper.md
+5.4) are applied to the TTFT series: it fails as soon as the TTFT of the last `window_s` (150 s)
+exceeds the TTFT SLO (the paper's "TTFT > 4 s"), and it is marked steady when that window's mean
+TTFT is within 5 % of the window 30 minutes earlier. A request scheduled in the window that never
+produced a first token counts as an SLO miss.
+
+Search: double the rate from `rate_aps_start` while probes pass (up to `rate_aps_max`), then bisect
+between the highest pass and the lowest failure until they are within `tolerance` (relative) or
+`max_probes` probes ran.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+STEADY_LOOKBACK_S = 1800.0
+STEADY_CHANGE = 0.05
+DEFAULTS = {"rate_aps_start": 0.05, "rate_aps_max": 20.0, "tolerance": 0.05, "warmup_s": 600.0,
+            "window_s": 150.0, "max_probes": 10}
+
+
+@dataclass
+class Probe:
+    rate_aps: float
+    passed: bool
+    reason: str
+    requests: int
+    ttft_s: float | None      # mean (or the SLO percentile) over the measurement window
+    tpot_s: float | None
+    ttft_last_window_s: float | None
+    steady: bool | None
+
+
+def settings(scenario: dict) -> dict:
+    out = {**DEFAULTS, **(scenario.get("capacity") or {})}
+    out.setdefault("horizon_s", out["warmup_s"] + STEADY_LOOKBACK_S + out["window_s"])
+    return out
+
+
+def judge(requests: pd.DataFrame, rate: float, slo: dict, cfg: dict, horizon_s: float) -> Probe:
+    """The verdict of one probe from its request rows (any backend's)."""
+    ttft_slo, tpot_slo = slo.get("ttft_s", math.inf), slo.get("tpot_s", math.inf)
+    pct = slo.get("percentile")
+    t_sched = requests["t_scheduled"].to_numpy(dtype=float) if len(requests) else np.zeros(0)
+    first = requests["t_first_token"].to_numpy(dtype=float) if len(requests) else np.zeros(0)
+    done = requests["t_done"].to_numpy(dtype=float) if len(requests) else np.zeros(0)
+    out_tok = requests["output_tokens"].to_numpy(dtype=float) if len(requests) else np.zeros(0)
+    ok = (requests["status"].astype(str).to_numpy() == "ok") if len(requests) else np.zeros(0, dtype=bool)
+    window = (t_sched >= cfg["warmup_s"]) & (t_sched <= horizon_s)
+    ttft = np.where(ok & np.isfinite(first), first - t_sched, np.inf)[window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(ok & (out_tok > 1), (done - first) / (out_tok - 1), np.nan)[window]
+    tpot = tpot[np.isfinite(tpot)]
+
+    def stat(v):
+        if len(v) == 0:
+            return None
+        return float(np.percentile(v, pct)) if pct else float(np.mean(v))
+
+    ttft_v, tpot_v = stat(ttft), stat(tpot)
+    last = (t_sched > horizon_s - cfg["window_s"]) & (t_sched <= horizon_s)
+    last_ttft = np.where(ok & np.isfinite(first), first - t_sched, np.inf)[last]
+    last_mean = float(np.mean(last_ttft)) if len(last_ttft) else None
+    early = (t_sched > horizon_s - cfg["window_s"] - STEADY_LOOKBACK_S) & (t_sched <= horizon_s - STEADY_LOOKBACK_S)
+    early_ttft = (first - t_sched)[early & ok & np.isfinite(first)]
+    steady = None
+    if last_mean is not None and len(early_ttft) and math.isfinite(last_mean):
+        steady = abs(last_mean / float(np.mean(early_ttft)) - 1) <= STEADY_CHANGE
+    n = int(window.sum())
+    if n == 0:
+        return Probe(rate, False, "no request in the measurement window", 0, None, None, last_mean, steady)
+    if last_mean is not None and last_mean > ttft_slo:
+        reason = f"TTFT of the last {cfg['window_s']:g} s {_fmt(last_mean)} > {ttft_slo:g} s (paper stop rule)"
+        return Probe(rate, False, reason, n, ttft_v, tpot_v, last_mean, steady)
+    what = f"p{pct:g}" if pct else "mean"
+    if ttft_v is None or ttft_v > ttft_slo:
+        return Probe(rate, False, f"{what} TTFT {_fmt(ttft_v)} > {ttft_slo:g} s", n, ttft_v, tpot_v, last_mean, steady)
+    if tpot_v is not None and tpot_v > tpot_slo:
+        return Probe(rate, False, f"{what} TPOT {_fmt(tpot_v)} > {tpot_slo:g} s", n, ttft_v, tpot_v, last_mean, steady)
+    return Probe(rate, True, "within the SLO", n, ttft_v, tpot_v, last_mean, steady)
+
+
+def _fmt(x) -> str:
+    return "inf" if x is None or not math.isfinite(x) else f"{x:.3f} s"
+
+
+def search(run_probe: Callable[[float], Probe], cfg: dict, report: Callable[[Probe], None] | None = None
+           ) -> tuple[float | None, list[Probe]]:
+    """Largest passing rate and every probe, in the order run."""
+    probes: list[Probe] = []
+    best, worst = None, None  # highest pass, lowest failure
+    rate = float(cfg["rate_aps_start"])
+    while len(probes) < int(cfg["max_probes"]):
+        p = run_probe(rate)
+        probes.append(p)
+        if report:
+            report(p)
+        if p.passed:
+            best = rate if best is None else max(best, rate)
+        else:
+            worst = rate if worst is None else min(worst, rate)
+        if worst is None:
+            if rate >= cfg["rate_aps_max"]:
+                break
+            rate = min(rate * 2, cfg["rate_aps_max"])
+        elif best is None:
+            rate = rate / 2
+            if rate < 1e-6:
+                break
+        else:
+            if (worst - best) / best <= cfg["tolerance"]:
+                break
+            rate = (best + worst) / 2
+    return best, probes
+
+
+def table(system: str, probes: list[Probe]) -> dict[str, list]:
+    rows = [asdict(p) for p in probes]
+    out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    out["system"] = [system] * len(rows)
+    return out
+
+
+def format_probe(system: str, p: Probe) -> str:
+    return (f"{system:<12} {p.rate_aps:7.3f} APS  {'pass' if p.passed else 'FAIL':<4}  TTFT {_fmt(p.ttft_s):>9}  "
+            f"TPOT {_fmt(p.tpot_s):>9}  last-window TTFT {_fmt(p.ttft_last_window_s):>9}  "
+            f"steady {p.steady}  requests {p.requests}  ({p.reason})")

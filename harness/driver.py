@@ -1,0 +1,276 @@
+"""The open-loop driver: replays a trace against an OpenAI-compatible endpoint.
+
+Open loop across agents (each agent starts at its scheduled time whatever the server is doing), closed
+loop inside an agent (round r+1 is scheduled when round r ends, plus its tool latency, and not before
+its trace timestamp in trace replay). Latency counts from the *scheduled* time, so a backlog in the
+client or a cap on requests in flight (`max_concurrency`) shows up in TTFT: no coordinated omission.
+
+One pacer task wakes agents at their scheduled times (a timer to within a millisecond, then a short
+yield-spin), and the driver measures itself: `pacer_lag_s` (wake - scheduled, the harness's own delay)
+and `dispatch_lag_s` (send - scheduled, including any concurrency wait). Rows reach the results
+writer in small batches as the run goes; an endpoint that stops answering ends the run by itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+
+from harness.http_client import READ_BUFSIZE, Completion, complete, request_body
+from harness.prompts import AgentContext, hash_prompt
+from traces.schema import Trace
+
+SPIN_S = 0.0015            # the last stretch before a deadline is waited by yielding, not by a timer
+FLUSH_ROWS, FLUSH_S = 256, 1.0
+ABORT_AFTER_ERRORS = 20    # consecutive connection failures with no success in between: the endpoint is gone
+
+
+@dataclass
+class DriverConfig:
+    url: str                      # the server root; requests go to {url}/v1/completions
+    model: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 600.0
+    ignore_eos: bool = True
+    token_ids: bool = True        # ask for the generated token ids (vLLM, SGLang)
+    max_concurrency: int | None = None
+    seed: int = 1
+    abort_after_errors: int = ABORT_AFTER_ERRORS
+
+
+class Pacer:
+    """Wakes waiters at their scheduled times (seconds on the run's perf_counter clock)."""
+
+    def __init__(self, t0_ns: int):
+        self.t0_ns = t0_ns
+        self.heap: list = []
+        self.seq = 0
+        self.wake = asyncio.Event()
+
+    def now(self) -> float:
+        return (time.perf_counter_ns() - self.t0_ns) * 1e-9
+
+    async def wait(self, t: float) -> float:
+        """Return at t (or just after); the return value is the wake time."""
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.heap, (t, self.seq, fut))
+        self.seq += 1
+        if self.heap[0][2] is fut:
+            self.wake.set()
+        return await fut
+
+    async def run(self) -> None:
+        heap = self.heap
+        while True:
+            if not heap:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            delay = heap[0][0] - self.now()
+            if delay > SPIN_S:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), delay - SPIN_S)
+                except TimeoutError:
+                    pass
+                continue
+            if delay > 0:
+                await asyncio.sleep(0)
+                continue
+            now = self.now()
+            while heap and heap[0][0] <= now:
+                _, _, fut = heapq.heappop(heap)
+                if not fut.done():
+                    fut.set_result(now)
+
+
+class Driver:
+    def __init__(self, cfg: DriverConfig, trace: Trace, system: str, sink, *, start_s: np.ndarray,
+                 not_before_s: np.ndarray | None = None, progress=None):
+        self.cfg = cfg
+        self.trace = trace
+        self.system = system
+        self.sink = sink
+        self.start_s = np.asarray(start_s, dtype=float)
+        self.not_before = not_before_s
+        self.progress = progress
+        starts = trace.agent_starts()
+        self.offsets = np.append(starts, trace.num_rounds).tolist()
+        self.agent_ids = trace.col("agent_id")[starts].tolist()
+        self.append = trace.col("append_tokens").tolist()
+        self.gen = trace.col("gen_tokens").tolist()
+        self.tool = trace.col("tool_latency_s").tolist()
+        self.prompt = trace.prompt_tokens().tolist()
+        self.expected = trace.expected_cached_tokens().tolist()
+        self.by_hash = (not trace.agents_known) and trace.has("hash_ids")
+        self.hash_ids = trace.table.column("hash_ids").to_pylist() if self.by_hash else None
+        self.rows: list[tuple] = []
+        self.agent_rows: dict[int, tuple] = {}
+        self.consecutive_failures = 0
+        self.aborted: str | None = None
+        self.sent = 0
+        self.failed = 0
+        self.stop_at_s: float | None = None  # rounds scheduled later are not sent (capacity probes)
+        self.t0_ns = time.perf_counter_ns()
+
+    # ----- the run --------------------------------------------------------------------------------
+    async def run(self) -> dict:
+        cfg = self.cfg
+        headers = {"Content-Type": "application/json"}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self.headers = headers
+        self.endpoint = cfg.url.rstrip("/") + "/v1/completions"
+        limit = cfg.max_concurrency or 0
+        self.gate = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+        self.t0_ns = time.perf_counter_ns()  # the run's clock starts here
+        self.pacer = Pacer(self.t0_ns)
+        self.t_first_dispatch: float | None = None
+        async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE,
+                                         timeout=aiohttp.ClientTimeout(total=None)) as session:
+            self.session = session
+            pacer = asyncio.create_task(self.pacer.run())
+            flusher = asyncio.create_task(self._flush_every())
+            agents = [asyncio.create_task(self._agent(a)) for a in range(len(self.agent_ids))]
+            self.agent_tasks = agents
+            try:
+                await asyncio.gather(*agents, return_exceptions=False)
+            except asyncio.CancelledError:
+                for t in agents:
+                    t.cancel()
+                raise
+            finally:
+                for t in (pacer, flusher):
+                    t.cancel()
+                self._flush()
+                self._write_agents()
+        wall = (time.perf_counter_ns() - self.t0_ns) * 1e-9
+        return {"driver": {"requests_sent": self.sent, "requests_failed": self.failed, "wall_s": wall,
+                           "aborted": self.aborted, "agents_started": len(self.agent_rows),
+                           "achieved_agent_rate_aps": self._achieved_rate()}}
+
+    def _achieved_rate(self) -> float | None:
+        firsts = sorted(v[0] for v in self.agent_rows.values() if v[0] is not None)
+        if len(firsts) < 2 or firsts[-1] <= firsts[0]:
+            return None
+        return (len(firsts) - 1) / (firsts[-1] - firsts[0])
+
+    async def _agent(self, a: int) -> None:
+        cfg = self.cfg
+        lo, hi = self.offsets[a], self.offsets[a + 1]
+        ctx = None if self.by_hash else AgentContext(cfg.seed, a)
+        t_sched = float(self.start_s[a])
+        t_first_sched = t_sched
+        done_rounds = 0
+        last_done = math.nan
+        status = "ok"
+        try:
+            for i in range(lo, hi):
+                if self.not_before is not None:
+                    t_sched = max(t_sched, float(self.not_before[i]))
+                if i == lo:
+                    t_first_sched = t_sched
+                if self.aborted or (self.stop_at_s is not None and t_sched > self.stop_at_s):
+                    status = "cancelled"
+                    break
+                t_wake = await self.pacer.wait(t_sched)
+                if self.aborted:
+                    status = "cancelled"
+                    break
+                r = i - lo
+                prompt = ctx.prompt(r, self.append[i]) if ctx else hash_prompt(
+                    cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
+                body = request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos, token_ids=cfg.token_ids)
+                if self.gate is not None:
+                    async with self.gate:
+                        c = await complete(self.session, self.endpoint, body, self.headers, cfg.timeout_s)
+                else:
+                    c = await complete(self.session, self.endpoint, body, self.headers, cfg.timeout_s)
+                self.sent += 1
+                if ctx is not None:
+                    ctx.generated(r, self.gen[i], c.token_ids if c.status == "ok" else None)
+                self._record(a, i, r, t_sched, t_wake, c)
+                done_rounds += 1
+                last_done = self._s(c.t_done_ns)
+                if c.status != "ok":
+                    status = "error"
+                if i + 1 < hi:
+                    t_sched = last_done + self.tool[i + 1]
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            self.agent_rows[a] = (t_first_sched, last_done, done_rounds, status)
+
+    def _s(self, ns: int | None) -> float:
+        return math.nan if ns is None else (ns - self.t0_ns) * 1e-9
+
+    # ----- records --------------------------------------------------------------------------------
+    def _record(self, a: int, i: int, r: int, t_sched: float, t_wake: float, c: Completion) -> None:
+        if c.status == "ok":
+            self.consecutive_failures = 0
+        else:
+            self.failed += 1
+            if c.http_status is None and c.status == "error":
+                self.consecutive_failures += 1
+                if self.consecutive_failures >= self.cfg.abort_after_errors and not self.aborted:
+                    self.aborted = (f"endpoint unreachable: {self.consecutive_failures} consecutive connection "
+                                    f"failures (last: {c.error})")
+                    self.pacer.wake.set()
+        t_first = self._s(c.t_first_ns)
+        gaps = np.diff(np.array(c.chunk_ns, dtype=np.int64)) * 1e-9 if len(c.chunk_ns) > 1 else np.zeros(0)
+        self.rows.append((
+            self.agent_ids[a], r, t_sched, t_wake, self._s(c.t_sent_ns), t_first, self._s(c.t_second_ns),
+            self._s(c.t_done_ns), self.prompt[i], self.expected[i], c.cached_tokens,
+            c.output_tokens if c.output_tokens is not None else 0, c.status, c.error, gaps.tolist(),
+            c.prompt_tokens, c.tokens_from, c.http_status))
+        if self.progress is not None:
+            self.progress(1)
+        if len(self.rows) >= FLUSH_ROWS:
+            self._flush()
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self._flush()
+
+    def _flush(self) -> None:
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        cols = list(zip(*rows))
+        n = len(rows)
+        nan = [math.nan] * n
+        self.sink.requests({
+            "system": [self.system] * n, "agent_id": list(cols[0]), "round": list(cols[1]),
+            "t_scheduled": list(cols[2]), "t_dispatched": list(cols[3]), "t_sent": list(cols[4]),
+            "t_first_token": list(cols[5]), "t_second_token": list(cols[6]), "t_done": list(cols[7]),
+            "prompt_tokens": list(cols[8]), "expected_cached_tokens": list(cols[9]), "cached_tokens": list(cols[10]),
+            "output_tokens": list(cols[11]), "pe": [None] * n, "de": [None] * n, "read_side": ["none"] * n,
+            "read_bytes": [0] * n, "queue_s": nan, "alloc_s": nan, "read_s": nan, "prefill_s": nan,
+            "kv_transfer_s": nan, "status": list(cols[12]), "error": list(cols[13]), "itl_s": list(cols[14]),
+            "server_prompt_tokens": list(cols[15]), "tokens_from": list(cols[16]), "http_status": list(cols[17]),
+        })
+
+    def _write_agents(self) -> None:
+        ids = list(range(len(self.agent_ids)))
+        rows = [self.agent_rows.get(a, (float(self.start_s[a]), math.nan, 0, "cancelled")) for a in ids]
+        self.sink.agents({
+            "system": [self.system] * len(ids), "agent_id": [self.agent_ids[a] for a in ids],
+            "t_arrival": [r[0] for r in rows], "t_done": [r[1] for r in rows], "rounds": [r[2] for r in rows],
+            "jct_s": [r[1] - r[0] for r in rows], "status": [r[3] if r[2] == self.offsets[a + 1] - self.offsets[a]
+                                                           or r[3] != "ok" else "cancelled"
+                                                           for a, r in zip(ids, rows)],
+        })
+
+
+def api_key_from(endpoint: dict) -> str | None:
+    name = endpoint.get("api_key_env")
+    return os.environ.get(name) if name else None

@@ -1,0 +1,167 @@
+"""One streamed completion against an OpenAI-compatible server, timed on one monotonic clock.
+
+POST {url}/v1/completions with the prompt as token ids, `stream: true`, usage requested
+(`stream_options.include_usage`), `max_tokens` exact, `ignore_eos` (where the server allows it), and
+`return_token_ids` (vLLM; SGLang answers `response_token_ids`) so the agent's next prompt can carry the
+real generated tokens. Times are `time.perf_counter_ns()` readings; a chunk counts as a token event when
+it carries text or token ids. Tokens come from the server's `usage` when it sends it, never one per
+chunk by assumption (`tokens_from` says where the count came from).
+
+Failures never raise: HTTP errors, connection errors, timeouts and malformed SSE come back as a
+result with `status` (`error` | `timeout`) and a one-line `error`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+READ_BUFSIZE = 1 << 22  # 4 MiB: long SSE lines (token ids) and long prompts; aiohttp's 64 KiB stalls (vllm#39963)
+ERROR_BODY_LIMIT = 300
+
+
+@dataclass
+class Completion:
+    t_sent_ns: int
+    t_first_ns: int | None = None
+    t_second_ns: int | None = None
+    t_done_ns: int | None = None
+    chunk_ns: list[int] = field(default_factory=list)   # arrival of each token-bearing chunk
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens each carried (ids when given, else 1)
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    tokens_from: str = "usage"   # usage | token_ids | chunks
+    status: str = "ok"
+    error: str | None = None
+    http_status: int | None = None
+
+
+def request_body(model: str | None, prompt_json: str, max_tokens: int, *, ignore_eos: bool, token_ids: bool,
+                 extra: dict | None = None) -> bytes:
+    """The JSON body, with the (possibly huge) prompt spliced in as pre-encoded text."""
+    body = {"max_tokens": int(max_tokens), "stream": True, "stream_options": {"include_usage": True},
+            "temperature": 0.0}
+    if model:
+        body["model"] = model
+    if ignore_eos:
+        body["ignore_eos"] = True
+    if token_ids:
+        body["return_token_ids"] = True
+    if extra:
+        body.update(extra)
+    head = json.dumps(body, separators=(",", ":"))
+    return ('{"prompt":' + prompt_json + "," + head[1:]).encode()
+
+
+async def complete(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict, timeout_s: float,
+                   ) -> Completion:
+    """Send one request and read its stream to the end (or to the timeout)."""
+    c = Completion(t_sent_ns=time.perf_counter_ns())
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, data=body, headers=headers) as resp:
+                c.http_status = resp.status
+                if resp.status != 200:
+                    text = (await resp.content.read(ERROR_BODY_LIMIT)).decode("utf-8", "replace")
+                    return _fail(c, "error", f"HTTP {resp.status}: {' '.join(text.split())[:200]}")
+                await _read_stream(resp, c)
+    except TimeoutError:
+        return _fail(c, "timeout", f"no complete response within {timeout_s:g} s")
+    except aiohttp.ClientError as exc:
+        return _fail(c, "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _fail(c, "error", f"malformed stream: {exc}".splitlines()[0][:300])
+    except OSError as exc:
+        return _fail(c, "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    if c.status == "ok":
+        _finish_counts(c)
+    return c
+
+
+def _fail(c: Completion, status: str, error: str) -> Completion:
+    c.status, c.error = status, error
+    if c.t_done_ns is None:
+        c.t_done_ns = time.perf_counter_ns()
+    return c
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, c: Completion) -> None:
+    done = False
+    async for raw in resp.content:
+        now = time.perf_counter_ns()
+        line = raw.strip()
+        if not line or line.startswith(b":"):
+            continue  # keep-alive or comment
+        if not line.startswith(b"data:"):
+            continue  # event:/id:/retry: fields carry nothing we use
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            done = True
+            c.t_done_ns = now
+            break
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            raise ValueError(f"a data line is not JSON: {data[:80]!r}") from None
+        if not isinstance(obj, dict):
+            raise ValueError("a data line is not a JSON object")
+        if "error" in obj:
+            err = obj["error"]
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            _fail(c, "error", f"server error in stream: {' '.join(str(msg).split())[:200]}")
+            return
+        _take_chunk(obj, now, c)
+    if not done:
+        if c.t_first_ns is None:
+            raise ValueError("the stream ended without a token or [DONE]")
+        c.t_done_ns = c.t_done_ns or time.perf_counter_ns()
+    if c.t_done_ns is None or (c.chunk_ns and c.t_done_ns < c.chunk_ns[-1]):
+        c.t_done_ns = c.chunk_ns[-1] if c.chunk_ns else time.perf_counter_ns()
+
+
+def _take_chunk(obj: dict, now: int, c: Completion) -> None:
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        c.prompt_tokens = _int(usage.get("prompt_tokens"), c.prompt_tokens)
+        c.output_tokens = _int(usage.get("completion_tokens"), c.output_tokens)
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            c.cached_tokens = _int(details.get("cached_tokens"), c.cached_tokens)
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        ids = choice.get("token_ids") or choice.get("response_token_ids")
+        text = choice.get("text")
+        if ids is None and not text:
+            continue
+        n = len(ids) if isinstance(ids, list) else 1
+        if isinstance(ids, list):
+            c.token_ids.extend(int(x) for x in ids if isinstance(x, int))
+        if n == 0:
+            continue
+        if c.t_first_ns is None:
+            c.t_first_ns = now
+            if n >= 2:
+                c.t_second_ns = now
+        elif c.t_second_ns is None:
+            c.t_second_ns = now
+        c.chunk_ns.append(now)
+        c.chunk_tokens.append(n)
+        c.t_done_ns = now
+
+
+def _finish_counts(c: Completion) -> None:
+    if c.output_tokens is None:
+        if c.token_ids:
+            c.output_tokens, c.tokens_from = len(c.token_ids), "token_ids"
+        else:
+            c.output_tokens, c.tokens_from = sum(c.chunk_tokens), "chunks"
+
+
+def _int(value, default):
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
