@@ -29,6 +29,7 @@ from traces.schema import Trace
 SPIN_S = 0.0015            # the last stretch before a deadline is waited by yielding, not by a timer
 FLUSH_ROWS, FLUSH_S = 256, 1.0
 ABORT_AFTER_ERRORS = 20    # consecutive connection failures with no success in between: the endpoint is gone
+REQUEST_ID_HEADER = "X-Request-Id"  # "<agent_id>/<round>": lets a server's own log be joined to our rows
 
 
 @dataclass
@@ -188,11 +189,12 @@ class Driver:
                 prompt = ctx.prompt(r, self.append[i]) if ctx else hash_prompt(
                     cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
                 body = request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos, token_ids=cfg.token_ids)
+                headers = {**self.headers, REQUEST_ID_HEADER: f"{self.agent_ids[a]}/{r}"}
                 if self.gate is not None:
                     async with self.gate:
-                        c = await complete(self.session, self.endpoint, body, self.headers, cfg.timeout_s)
+                        c = await complete(self.session, self.endpoint, body, headers, cfg.timeout_s)
                 else:
-                    c = await complete(self.session, self.endpoint, body, self.headers, cfg.timeout_s)
+                    c = await complete(self.session, self.endpoint, body, headers, cfg.timeout_s)
                 self.sent += 1
                 if ctx is not None:
                     ctx.generated(r, self.gen[i], c.token_ids if c.status == "ok" else None)

@@ -48,6 +48,9 @@ CONTRACT: dict[str, dict[str, pa.DataType]] = {
         "pe": STR, "de": STR, "read_side": STR, "read_bytes": I64,
         "queue_s": F64, "alloc_s": F64, "read_s": F64, "prefill_s": F64, "kv_transfer_s": F64,
         "status": STR, "error": STR,
+        # added for endpoints we drive (null for the simulator), so every backend's files share one schema:
+        "t_dispatched": F64, "itl_s": pa.list_(F64), "server_prompt_tokens": I64, "tokens_from": STR,
+        "http_status": I64,
     },
     "agents": {"system": STR, "agent_id": STR, "t_arrival": F64, "t_done": F64, "rounds": I64,
                "jct_s": F64, "status": STR},
@@ -61,10 +64,12 @@ TABLES = tuple(CONTRACT)
 # Columns a batch may leave out: filled with null (str, int) or NaN (float). Float columns always allow
 # NaN ("not reached"); the other columns listed here allow null.
 OMITTABLE = {
-    "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *metrics.BREAKDOWN_COLUMNS},
+    "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *metrics.BREAKDOWN_COLUMNS,
+                 "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status"},
     "agents": set(), "links": set(), "engines": set(),
 }
-NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error"}, "agents": set(), "links": set(), "engines": set()}
+NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
+                         "http_status"}, "agents": set(), "links": set(), "engines": set()}
 ALLOWED_VALUES = {
     ("requests", "status"): metrics.STATUSES, ("requests", "read_side"): ("pe", "de", "none"),
     ("agents", "status"): metrics.STATUSES, ("links", "direction"): ("rx", "tx"),

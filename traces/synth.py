@@ -54,16 +54,16 @@ class SynthParams:
     gen_mean: float
     tool_latency_mean: float = 0.0
     block_size: int = DEFAULT_BLOCK_SIZE
-    first_append_mean: float = 5000.0
+    first_append_mean: float = 6000.0
     first_append_sigma: float = 0.3
-    full_fraction: float = 0.69
+    full_fraction: float = 0.76
     early_stop_min: float = 0.1
-    append_sigma: float = 0.5
+    append_sigma: float = 0.35
     gen_sigma: float = 0.5
     gen_coupling: float = 0.0
     gen_max: int = 8192
-    intensity_tail_z: float = 2.5
-    turns_max_ratio: float = 1.95
+    intensity_tail_z: float = 2.0
+    turns_max_ratio: float = 1.6
     tool_latency_sigma: float = 1.0
 
     def validate(self) -> "SynthParams":
