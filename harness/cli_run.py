@@ -55,7 +55,6 @@ def cmd_run(args) -> int:
 
     scenario = load_scenario(args.scenario, args.overrides)
     backend = backend_module(scenario, args.scenario)
-    scenario = {**scenario}
     run_dir = Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
     if args.capacity:
         return run_capacity(args, scenario, backend, run_dir)

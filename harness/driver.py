@@ -66,6 +66,14 @@ class Pacer:
             self.wake.set()
         return await fut
 
+    def release_all(self) -> None:
+        """Wake every waiter now (the run is ending)."""
+        now = self.now()
+        while self.heap:
+            _, _, fut = heapq.heappop(self.heap)
+            if not fut.done():
+                fut.set_result(now)
+
     async def run(self) -> None:
         heap = self.heap
         while True:
@@ -225,7 +233,7 @@ class Driver:
                 if self.consecutive_failures >= self.cfg.abort_after_errors and not self.aborted:
                     self.aborted = (f"endpoint unreachable: {self.consecutive_failures} consecutive connection "
                                     f"failures (last: {c.error})")
-                    self.pacer.wake.set()
+                    self.pacer.release_all()  # agents waiting for later rounds see the abort now
         t_first = self._s(c.t_first_ns)
         gaps = np.diff(np.array(c.chunk_ns, dtype=np.int64)) * 1e-9 if len(c.chunk_ns) > 1 else np.zeros(0)
         self.rows.append((
@@ -262,14 +270,17 @@ class Driver:
         })
 
     def _write_agents(self) -> None:
-        ids = list(range(len(self.agent_ids)))
-        rows = [self.agent_rows.get(a, (float(self.start_s[a]), math.nan, 0, "cancelled")) for a in ids]
+        """One row per agent; an agent that did not run all its rounds is `cancelled` unless it failed."""
+        n = len(self.agent_ids)
+        rows = [self.agent_rows.get(a, (float(self.start_s[a]), math.nan, 0, "cancelled")) for a in range(n)]
+        status = []
+        for a, (_, _, done, st) in enumerate(rows):
+            complete = done == self.offsets[a + 1] - self.offsets[a]
+            status.append(st if (complete or st != "ok") else "cancelled")
         self.sink.agents({
-            "system": [self.system] * len(ids), "agent_id": [self.agent_ids[a] for a in ids],
+            "system": [self.system] * n, "agent_id": list(self.agent_ids),
             "t_arrival": [r[0] for r in rows], "t_done": [r[1] for r in rows], "rounds": [r[2] for r in rows],
-            "jct_s": [r[1] - r[0] for r in rows], "status": [r[3] if r[2] == self.offsets[a + 1] - self.offsets[a]
-                                                           or r[3] != "ok" else "cancelled"
-                                                           for a, r in zip(ids, rows)],
+            "jct_s": [r[1] - r[0] for r in rows], "status": status,
         })
 
 
