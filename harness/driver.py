@@ -6,13 +6,16 @@ its trace timestamp in trace replay). Latency counts from the *scheduled* time, 
 client or a cap on requests in flight (`max_concurrency`) shows up in TTFT: no coordinated omission.
 
 One pacer task wakes agents at their scheduled times (a timer to within a millisecond, then a short
-yield-spin), and the driver measures itself: `pacer_lag_s` (wake - scheduled, the harness's own delay)
-and `dispatch_lag_s` (send - scheduled, including any concurrency wait). Rows reach the results
+yield-spin), and the driver measures itself: `pacer_lag_s` (ready to send - scheduled: waking up and
+building the request, the harness's own delay; column `t_dispatched`) and `dispatch_lag_s` (send -
+scheduled, adding any wait for the concurrency cap). Garbage collection is frozen after set-up so a
+full collection cannot stall the schedule. Rows reach the results
 writer in small batches as the run goes; an endpoint that stops answering ends the run by itself.
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import math
 import os
@@ -139,6 +142,8 @@ class Driver:
         limit = cfg.max_concurrency or 0
         self.gate = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+        gc.collect()
+        gc.freeze()  # the trace and set-up objects never need collecting again: no long pauses mid-run
         self.t0_ns = time.perf_counter_ns()  # the run's clock starts here
         self.pacer = Pacer(self.t0_ns)
         self.t_first_dispatch: float | None = None
@@ -189,7 +194,7 @@ class Driver:
                 if self.aborted or (self.stop_at_s is not None and t_sched > self.stop_at_s):
                     status = "cancelled"
                     break
-                t_wake = await self.pacer.wait(t_sched)
+                await self.pacer.wait(t_sched)
                 if self.aborted:
                     status = "cancelled"
                     break
@@ -198,6 +203,7 @@ class Driver:
                     cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
                 body = request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos, token_ids=cfg.token_ids)
                 headers = {**self.headers, REQUEST_ID_HEADER: f"{self.agent_ids[a]}/{r}"}
+                t_wake = self.pacer.now()  # ready to send: the harness's own lag ends here
                 if self.gate is not None:
                     async with self.gate:
                         c = await complete(self.session, self.endpoint, body, headers, cfg.timeout_s)

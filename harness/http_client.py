@@ -84,9 +84,9 @@ async def complete(session: aiohttp.ClientSession, url: str, body: bytes, header
 
 
 def _fail(c: Completion, status: str, error: str) -> Completion:
+    """Mark a failure; its end is now, when it was seen (the agent's next round is scheduled from it)."""
     c.status, c.error = status, error
-    if c.t_done_ns is None:
-        c.t_done_ns = time.perf_counter_ns()
+    c.t_done_ns = time.perf_counter_ns()
     return c
 
 
@@ -119,6 +119,8 @@ async def _read_stream(resp: aiohttp.ClientResponse, c: Completion) -> None:
     if not done:
         if c.t_first_ns is None:
             raise ValueError("the stream ended without a token or [DONE]")
+        if c.output_tokens is None:  # no usage either: the response was cut short
+            raise ValueError(f"the stream ended without [DONE] after {sum(c.chunk_tokens)} token(s)")
         c.t_done_ns = c.t_done_ns or time.perf_counter_ns()
     if c.t_done_ns is None or (c.chunk_ns and c.t_done_ns < c.chunk_ns[-1]):
         c.t_done_ns = c.chunk_ns[-1] if c.chunk_ns else time.perf_counter_ns()

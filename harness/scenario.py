@@ -198,7 +198,7 @@ SCHEMA = Mapping({
     "sim": ScalarMapping(),
     "endpoint": Mapping({"url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC), "model": Str(),
                          "api_key_env": Str(), "reset_url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC),
-                         "timeout_s": Number(gt=0), "ignore_eos": Bool(),
+                         "timeout_s": Number(gt=0), "ignore_eos": Bool(), "token_ids": Bool(),
                          "prometheus": ListOf(Str(pattern=URL_PATTERN, pattern_doc=URL_DOC))},
                         required=("url",)),
     "max_concurrency": Int(1),
