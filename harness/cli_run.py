@@ -84,7 +84,6 @@ def run_systems(args, scenario: dict, backend, run_dir: Path) -> int:
             facts["wall_s"] = wall
             if scenario["backend"] == "sim":
                 facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
-            facts["arrival"] = arrival_facts(scenario["arrival"], facts)
             summary = writer.end_system(facts)
             aborted = (facts.get("driver") or {}).get("aborted")
             if aborted:
@@ -110,17 +109,6 @@ def located(make, scenario: dict, path: str):
             raise
         prefix = "trace.synth." if "synth" in scenario["trace"] else "trace."
         raise InputError(exc.problem, path=path, field=prefix + exc.field if exc.field else "trace") from None
-
-
-def arrival_facts(arrival: dict, facts: dict) -> dict:
-    """Requested vs achieved agent arrival rate (the driver measures the achieved one)."""
-    out = {"mode": arrival.get("mode", "offline"), "requested_rate_aps": arrival.get("rate_aps")}
-    achieved = (facts.get("driver") or {}).get("achieved_agent_rate_aps")
-    if achieved is not None:
-        out["achieved_rate_aps"] = achieved
-        if out["requested_rate_aps"]:
-            out["achieved_over_requested"] = achieved / out["requested_rate_aps"]
-    return out
 
 
 def run_capacity(args, scenario: dict, backend, run_dir: Path) -> int:

@@ -5,12 +5,14 @@ loop inside an agent (round r+1 is scheduled when round r ends, plus its tool la
 its trace timestamp in trace replay). Latency counts from the *scheduled* time, so a backlog in the
 client or a cap on requests in flight (`max_concurrency`) shows up in TTFT: no coordinated omission.
 
-One pacer task wakes agents at their scheduled times (a timer to within a millisecond, then a short
-yield-spin), and the driver measures itself: `pacer_lag_s` (ready to send - scheduled: waking up and
-building the request, the harness's own delay; column `t_dispatched`) and `dispatch_lag_s` (send -
-scheduled, adding any wait for the concurrency cap). Garbage collection is frozen after set-up so a
-full collection cannot stall the schedule. Rows reach the results
-writer in small batches as the run goes; an endpoint that stops answering ends the run by itself.
+One pacer task wakes agents at their scheduled times (timed naps to within a few milliseconds, then a
+short yield-spin) and builds each request ahead of its time, in a moment when no other send is due.
+The driver measures itself: `pacer_lag_s` (ready to send - scheduled: the harness's own delay, which
+includes building the request when a round is due the moment the previous one ends; column
+`t_dispatched`) and `dispatch_lag_s` (send - scheduled, adding any wait for the concurrency cap).
+Garbage collection is frozen after set-up so a full collection cannot stall the schedule. Rows reach
+the results writer in small batches as the run goes; an endpoint that stops answering ends the run by
+itself.
 """
 from __future__ import annotations
 
@@ -29,7 +31,12 @@ from harness.http_client import READ_BUFSIZE, Completion, complete, request_body
 from harness.prompts import AgentContext, hash_prompt
 from traces.schema import Trace
 
+PREPARE_S = 0.05           # a request is built up to this long before its send time, in a quiet moment ...
+QUIET_S = 0.005            # ... with no other send due within this (a round due as soon as the previous one
+                           # ends is built after it: that time is the harness's own lag)
 SPIN_S = 0.0015            # the last stretch before a deadline is waited by yielding, not by a timer
+NAP_FRACTION = 0.85        # timed waits here overshoot by up to ~6 % of their length (and more in VMs) ...
+TIMER_ROUNDING_S = 0.001   # ... plus epoll's rounding up to whole ms: nap short, then nap again
 FLUSH_ROWS, FLUSH_S = 256, 1.0
 ABORT_AFTER_ERRORS = 20    # consecutive connection failures with no success in between: the endpoint is gone
 REQUEST_ID_HEADER = "X-Request-Id"  # "<agent_id>/<round>": lets a server's own log be joined to our rows
@@ -49,57 +56,90 @@ class DriverConfig:
 
 
 class Pacer:
-    """Wakes waiters at their scheduled times (seconds on the run's perf_counter clock)."""
+    """Wakes waiters at their scheduled times (seconds on the run's perf_counter clock).
+
+    `send_at(t, build)` returns a future that resolves at t (a timed nap to within a few ms, napping
+    again while it can since naps here overshoot by a share of their length, then a yield-spin) with
+    (wake time, build()). `build` (the request) runs ahead of t, in a quiet moment: at most PREPARE_S
+    before t and with no other send due within QUIET_S, so building one request never delays another's
+    send; when sends are too dense for a quiet moment it runs QUIET_S before its own send."""
 
     def __init__(self, t0_ns: int):
         self.t0_ns = t0_ns
-        self.heap: list = []
+        self.heap: list = []    # sends: (t, seq, future, built request)
+        self.preps: list = []   # requests to build: (earliest build time, seq, send time, build, future)
         self.seq = 0
         self.wake = asyncio.Event()
 
     def now(self) -> float:
         return (time.perf_counter_ns() - self.t0_ns) * 1e-9
 
-    async def wait(self, t: float) -> float:
-        """Return at t (or just after); the return value is the wake time."""
+    def send_at(self, t: float, build) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.heap, (t, self.seq, fut))
+        heapq.heappush(self.preps, (t - PREPARE_S, self.seq, t, build, fut))
         self.seq += 1
+        if self.preps[0][4] is fut:
+            self.wake.set()
+        return fut
+
+    def _send(self, t: float, seq: int, fut: asyncio.Future, item) -> None:
+        heapq.heappush(self.heap, (t, seq, fut, item))
         if self.heap[0][2] is fut:
             self.wake.set()
-        return await fut
 
     def release_all(self) -> None:
-        """Wake every waiter now (the run is ending)."""
+        """Wake every waiter now, with no request (the run is ending)."""
         now = self.now()
-        while self.heap:
-            _, _, fut = heapq.heappop(self.heap)
-            if not fut.done():
-                fut.set_result(now)
+        for heap in (self.heap, self.preps):
+            while heap:
+                fut = heapq.heappop(heap)[-1 if heap is self.preps else 2]
+                if not fut.done():
+                    fut.set_result((now, None))
+
+    def _release(self) -> tuple[float, float]:
+        """Send and build what is due; return (next send time, next time a build may run)."""
+        sends, preps = self.heap, self.preps
+        now = self.now()
+        if sends and sends[0][0] <= now:
+            while sends and sends[0][0] <= now:
+                _, _, fut, item = heapq.heappop(sends)
+                if not fut.done():
+                    fut.set_result((now, item))
+            return (sends[0][0] if sends else math.inf), now  # let them send before building anything
+        next_send = sends[0][0] if sends else math.inf
+        while preps and preps[0][0] <= now:
+            t = preps[0][2]
+            if next_send - now <= QUIET_S and now < t - QUIET_S:
+                return next_send, t - QUIET_S  # not quiet: wait for the sends due first
+            _, seq, t, build, fut = heapq.heappop(preps)
+            if fut.done():
+                continue
+            try:
+                item = build()
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting agent
+                fut.set_exception(exc)
+                continue
+            self._send(t, seq, fut, item)
+            return self.heap[0][0], (preps[0][0] if preps else math.inf)  # the clock moved: look again
+        return next_send, (preps[0][0] if preps else math.inf)
 
     async def run(self) -> None:
-        heap = self.heap
         while True:
-            if not heap:
+            next_send, next_build = self._release()
+            if next_send == math.inf and next_build == math.inf:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            delay = heap[0][0] - self.now()
-            if delay > SPIN_S:
+            now = self.now()
+            nap = min(next_build - now, (next_send - now - SPIN_S) * NAP_FRACTION - TIMER_ROUNDING_S)
+            if nap > 0:
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), delay - SPIN_S)
+                    await asyncio.wait_for(self.wake.wait(), nap)
                 except TimeoutError:
                     pass
-                continue
-            if delay > 0:
-                await asyncio.sleep(0)
-                continue
-            now = self.now()
-            while heap and heap[0][0] <= now:
-                _, _, fut = heapq.heappop(heap)
-                if not fut.done():
-                    fut.set_result(now)
+            else:
+                await asyncio.sleep(0)  # a send is due within the spin margin: yield until it is
 
 
 class Driver:
@@ -167,14 +207,7 @@ class Driver:
                 self._write_agents()
         wall = (time.perf_counter_ns() - self.t0_ns) * 1e-9
         return {"driver": {"requests_sent": self.sent, "requests_failed": self.failed, "wall_s": wall,
-                           "aborted": self.aborted, "agents_started": len(self.agent_rows),
-                           "achieved_agent_rate_aps": self._achieved_rate()}}
-
-    def _achieved_rate(self) -> float | None:
-        firsts = sorted(v[0] for v in self.agent_rows.values() if v[0] is not None)
-        if len(firsts) < 2 or firsts[-1] <= firsts[0]:
-            return None
-        return (len(firsts) - 1) / (firsts[-1] - firsts[0])
+                           "aborted": self.aborted, "agents_started": len(self.agent_rows)}}
 
     async def _agent(self, a: int) -> None:
         cfg = self.cfg
@@ -194,21 +227,27 @@ class Driver:
                 if self.aborted or (self.stop_at_s is not None and t_sched > self.stop_at_s):
                     status = "cancelled"
                     break
-                await self.pacer.wait(t_sched)
-                if self.aborted:
-                    status = "cancelled"
-                    break
                 r = i - lo
-                prompt = ctx.prompt(r, self.append[i]) if ctx else hash_prompt(
-                    cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
-                body = request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos, token_ids=cfg.token_ids)
-                headers = {**self.headers, REQUEST_ID_HEADER: f"{self.agent_ids[a]}/{r}"}
+
+                def build(i=i, r=r):
+                    prompt = ctx.prompt(r, self.append[i]) if ctx else hash_prompt(
+                        cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
+                    return (request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos,
+                                         token_ids=cfg.token_ids),
+                            {**self.headers, REQUEST_ID_HEADER: f"{self.agent_ids[a]}/{r}"})
+                if t_sched - QUIET_S > self.pacer.now():
+                    _, request = await self.pacer.send_at(t_sched, build)  # built ahead, in a quiet moment
+                    if request is None:  # the run is ending
+                        status = "cancelled"
+                        break
+                else:  # due now (the previous round just ended): building it is the harness's own lag
+                    request = build()
                 t_wake = self.pacer.now()  # ready to send: the harness's own lag ends here
                 if self.gate is not None:
                     async with self.gate:
-                        c = await complete(self.session, self.endpoint, body, headers, cfg.timeout_s)
+                        c = await complete(self.session, self.endpoint, *request, cfg.timeout_s)
                 else:
-                    c = await complete(self.session, self.endpoint, body, headers, cfg.timeout_s)
+                    c = await complete(self.session, self.endpoint, *request, cfg.timeout_s)
                 self.sent += 1
                 if ctx is not None:
                     ctx.generated(r, self.gen[i], c.token_ids if c.status == "ok" else None)

@@ -29,6 +29,7 @@ REQUEST_METRICS = ("ttft_s", "ttft_from_sent_s", "ttst_s", "tpot_s", "e2e_s", "d
 SLO_METRICS = ("ttft_s", "tpot_s", "e2e_s")
 EARLY_FRACTION = 0.05  # attention_balance_early: the first 5 % of the run
 DISPATCH_LAG_WARN_S = 0.005  # p99 of the harness's own lag above this: the load generator fell behind
+ARRIVAL_RATE_WARN = 0.01  # agents started this far (relative) off their schedule's rate
 
 
 # ----- HdrHistogram helpers ------------------------------------------------------------------------
@@ -276,8 +277,30 @@ def _slo_summary(slo: Mapping, latencies: dict, ok: pd.DataFrame, duration_s) ->
     }
 
 
+def arrival_rates(requests: pd.DataFrame | None, arrival: Mapping | None = None) -> dict:
+    """Agents started per second: requested (the scenario's `rate_aps`), as scheduled (the first rounds'
+    `t_scheduled`, a sample of the arrival process) and as achieved (their `t_sent`): achieved over
+    scheduled is how faithfully the load generator kept its schedule."""
+    arrival = arrival or {}
+    out = {"mode": arrival.get("mode", "offline"), "requested_rate_aps": arrival.get("rate_aps")}
+    if requests is None or "round" not in requests.columns or len(requests) == 0:
+        return out
+    first = requests[requests["round"].to_numpy() == 0]
+
+    def rate(col: str) -> float | None:
+        t = np.sort(_float(first, col))
+        t = t[np.isfinite(t)]
+        return (len(t) - 1) / float(t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
+
+    out["scheduled_rate_aps"], out["achieved_rate_aps"] = rate("t_scheduled"), rate("t_sent")
+    if out["scheduled_rate_aps"] and out["achieved_rate_aps"]:
+        out["achieved_over_scheduled"] = out["achieved_rate_aps"] / out["scheduled_rate_aps"]
+    return out
+
+
 def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None, links: pd.DataFrame | None,
-                     engines: pd.DataFrame | None, slo: Mapping | None, window_s: float) -> dict:
+                     engines: pd.DataFrame | None, slo: Mapping | None, window_s: float,
+                     arrival: Mapping | None = None) -> dict:
     """The summary.json entry of one system (see DESIGN.md "Summary"), from its records."""
     requests = requests if requests is not None else pd.DataFrame(columns=["status"])
     status = requests["status"].astype(str).to_numpy() if len(requests) else np.zeros(0, dtype=str)
@@ -330,6 +353,7 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
             "agents_per_s": _per_s(0 if agents_ok is None else len(agents_ok), duration),
         },
         "latency": latency,
+        "arrival": arrival_rates(requests, arrival),
         "hit_rate_expected": _ratio(np.nansum(_float(ok, "expected_cached_tokens")), np.nansum(prompt)),
         "hit_rate_achieved": _ratio(cached[known].sum(), prompt[known].sum()) if known.any() else None,
         "slo": _slo_summary(slo or {}, latencies, ok, duration),
@@ -360,6 +384,11 @@ def _warnings(summary: dict) -> list[str]:
     if lag is not None and lag > DISPATCH_LAG_WARN_S:
         out.append(f"dispatch lag p99 {lag * 1e3:.1f} ms: the load generator fell behind its schedule "
                    "(TTFT counts from the intended send time, so it includes this backlog)")
+    ratio = summary["arrival"].get("achieved_over_scheduled")
+    if ratio is not None and abs(ratio - 1) > ARRIVAL_RATE_WARN:
+        a = summary["arrival"]
+        out.append(f"agents started at {a['achieved_rate_aps']:.4g}/s against {a['scheduled_rate_aps']:.4g}/s "
+                   f"scheduled ({100 * (ratio - 1):+.1f} %): the load generator or max_concurrency held them back")
     failed = summary["counts"]["requests"]["total"] - summary["counts"]["requests"]["ok"]
     if failed:
         out.append(f"{failed} request(s) did not complete (not in latency statistics)")

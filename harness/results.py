@@ -362,6 +362,7 @@ class ResultsWriter:
         self.scenario = scenario
         self.window_s = float((scenario.get("telemetry") or {}).get("window_s", 1.0))
         self.slo = scenario.get("slo")
+        self.arrival = scenario.get("arrival")
         self.meta = run_meta(scenario, meta_extra)
         self.summaries: dict[str, dict] = {}
         self.status = "running"
@@ -424,7 +425,7 @@ class ResultsWriter:
         frames = self.frames()
         summary = {"system": self.system, "complete": complete,
                    **metrics.summarize_system(frames["requests"], frames["agents"], frames["links"],
-                                              frames["engines"], self.slo, self.window_s)}
+                                              frames["engines"], self.slo, self.window_s, self.arrival)}
         for key, value in (extra or {}).items():
             if key in summary:
                 raise ValueError(f"end_system(extra): {key!r} is a computed summary key")

@@ -30,7 +30,7 @@ import yaml
 
 from engines.sim import MemorySink
 from harness import metrics
-from harness.driver import Driver, DriverConfig
+from harness.driver import Driver, DriverConfig, Pacer
 from harness.results import load_results, read_streams
 from traces.presets import PRESETS
 from traces.schema import Trace
@@ -298,6 +298,10 @@ def test_max_concurrency_in_the_scenario_caps_the_driver_and_the_summary_says_so
     assert lat["dispatch_lag_s"]["p99"] > 0.2
     assert lat["pacer_lag_s"]["p99"] < metrics.DISPATCH_LAG_WARN_S
     assert lat["ttft_s"]["p99"] > lat["ttft_from_sent_s"]["p99"] + 0.2
+    arrival = s["arrival"]  # the cap also held agents' first rounds back: fewer agents started per second
+    assert arrival["requested_rate_aps"] == 50.0 and arrival["scheduled_rate_aps"] == pytest.approx(50.0)
+    assert arrival["achieved_over_scheduled"] < 0.9
+    assert any("agents started at" in w for w in s["warnings"])
     assert not any(LAG_WARN in w for w in s["warnings"]) and LAG_WARN not in res.err
 
 
@@ -307,7 +311,50 @@ def test_a_light_run_has_no_lag_warning(cli, tmp_path):
         res, summary, _ = run_cli(cli, scen, tmp_path / "out")
     s = summary["systems"][SYSTEM]
     assert s["latency"]["pacer_lag_s"]["p99"] < metrics.DISPATCH_LAG_WARN_S
+    assert s["arrival"]["achieved_over_scheduled"] == pytest.approx(1.0, abs=metrics.ARRIVAL_RATE_WARN)
     assert s["warnings"] == [] and "warning" not in res.err
+
+
+def test_the_pacer_builds_requests_ahead_so_a_slow_build_delays_no_send():
+    """Each request takes 3 ms of CPU to build and they are due 10 ms apart: built in the quiet moments
+    before their times, every send still goes out on time (built at its time, each would be >= 3 ms late)."""
+    build_s, gap_s, n = 0.003, 0.010, 30
+
+    def build(k):
+        def run():
+            t_end = time.perf_counter() + build_s
+            while time.perf_counter() < t_end:  # CPU work, the way a long prompt costs
+                pass
+            return k
+        return run
+
+    async def go():
+        pacer = Pacer(time.perf_counter_ns())
+        task = asyncio.create_task(pacer.run())
+        due = [0.05 + k * gap_s for k in range(n)]
+        got = await asyncio.gather(*[pacer.send_at(t, build(k)) for k, t in enumerate(due)])
+        task.cancel()
+        return np.array([w for w, _ in got]) - np.array(due), [item for _, item in got]
+
+    lag, items = asyncio.run(go())
+    assert items == list(range(n))
+    assert np.all(lag >= 0)
+    assert np.median(lag) < 0.001 and np.percentile(lag, 90) < build_s, np.round(lag * 1e3, 3)
+
+
+def test_a_run_ending_releases_the_pacer_without_requests():
+    async def go():
+        pacer = Pacer(time.perf_counter_ns())
+        task = asyncio.create_task(pacer.run())
+        later = [pacer.send_at(t, lambda: "built") for t in (30.0, 60.0)]
+        soon = pacer.send_at(0.0, lambda: "built")
+        first = await soon
+        pacer.release_all()
+        rest = await asyncio.gather(*later)
+        task.cancel()
+        return first, rest
+    first, rest = asyncio.run(go())
+    assert first[1] == "built" and [item for _, item in rest] == [None, None]
 
 
 def test_the_lag_warning_counts_the_harness_own_work_before_the_send():
