@@ -264,3 +264,32 @@ def test_vectorised_statistics_equal_hdrh_own_methods(values_us):
     for p in PERCENTILES:
         assert round(stats[f"p{p:g}"] * 1e6) == by_percentile[p]
     assert metrics.exact_percentile(values_us, 99.0) <= hist.get_value_at_percentile(99.0)
+
+
+def _first_rounds(scheduled, sent) -> pd.DataFrame:
+    n = len(scheduled)
+    return pd.DataFrame({"round": [0] * n, "t_scheduled": scheduled, "t_sent": sent, "status": ["ok"] * n})
+
+
+def test_arrival_rates_compare_what_was_sent_with_the_schedule():
+    scheduled = np.arange(11.0)  # 1 agent/s
+    held_back = scheduled + np.linspace(0.0, 1.0, 11)  # each start a little later than the one before
+    a = metrics.arrival_rates(_first_rounds(scheduled, held_back), {"mode": "constant", "rate_aps": 1.0})
+    assert a["requested_rate_aps"] == 1.0 and a["agents_started"] == 11
+    assert a["scheduled_rate_aps"] == pytest.approx(1.0) and a["achieved_rate_aps"] == pytest.approx(10 / 11)
+    assert a["achieved_over_scheduled"] == pytest.approx(10 / 11) and a["start_span_diff_s"] == pytest.approx(1.0)
+    warned = summarize_system(_first_rounds(scheduled, held_back), None, None, None, None, 1.0)["warnings"]
+    assert any("agents started at 0.9091/s against 1/s" in w for w in warned), warned
+    on_time = summarize_system(_first_rounds(scheduled, scheduled + 1e-4), None, None, None, None, 1.0)
+    assert on_time["arrival"]["achieved_over_scheduled"] == pytest.approx(1.0) and on_time["warnings"] == []
+
+
+def test_a_few_ms_late_over_a_short_span_is_not_an_arrival_rate_warning():
+    s = summarize_system(_first_rounds([0.0, 0.1, 0.2], [0.0, 0.1, 0.203]), None, None, None, None, 1.0)
+    assert s["arrival"]["achieved_over_scheduled"] < 1 - metrics.ARRIVAL_RATE_WARN
+    assert not any("agents started" in w for w in s["warnings"])
+
+
+def test_offline_arrivals_have_no_rate():
+    a = metrics.arrival_rates(_first_rounds([0.0] * 4, [0.0, 0.001, 0.002, 0.003]), {"mode": "offline"})
+    assert a["scheduled_rate_aps"] is None and "achieved_over_scheduled" not in a
