@@ -24,6 +24,7 @@ SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 STATUSES = ("ok", "error", "timeout", "cancelled")
 BREAKDOWN_COLUMNS = ("queue_s", "alloc_s", "read_s", "prefill_s", "kv_transfer_s")
+TTFT_PARTS = ("queue_s", "alloc_s", "read_s", "prefill_s")  # kv_transfer_s comes after the first token
 REQUEST_METRICS = ("ttft_s", "ttft_from_sent_s", "ttst_s", "tpot_s", "e2e_s", "dispatch_lag_s", "pacer_lag_s",
                    "itl_s")
 SLO_METRICS = ("ttft_s", "tpot_s", "e2e_s")
@@ -210,14 +211,15 @@ def snic_balance_per_window(links: pd.DataFrame | None, window_s: float, *,
 
 def attention_balance_per_step(engines: pd.DataFrame | None) -> pd.DataFrame:
     """Per prefill step (engines stepping at the same `t`, per `group` when the backend gives one):
-    max/avg of attention_s across the engines; steps with fewer than 2 engines or no attention skipped."""
+    max/avg of attention_s across the engines, idle ones (attention 0) included when the backend records
+    them, as the simulator does; steps with fewer than 2 engines or no attention skipped."""
     if engines is None or len(engines) == 0:
         return pd.DataFrame({"t": [], "ratio": []})
     pre = engines[engines["role"].astype(str).to_numpy() == "prefill"]
     keys = ["t", "group"] if "group" in pre.columns else ["t"]
     frame = pd.DataFrame({k: pre[k].to_numpy() for k in keys})
     frame["attention_s"] = _float(pre, "attention_s")
-    agg = frame.groupby(keys)["attention_s"].agg(["max", "mean", "count"]).reset_index()
+    agg = frame.groupby(keys, dropna=False)["attention_s"].agg(["max", "mean", "count"]).reset_index()
     agg = agg[(agg["count"] >= 2) & (agg["mean"] > 0)]
     return pd.DataFrame({"t": agg["t"].to_numpy(dtype=np.float64),
                          "ratio": (agg["max"] / agg["mean"]).to_numpy(dtype=np.float64)})
@@ -368,7 +370,8 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
         "attention_balance": float(steps["ratio"].mean()) if len(steps) else None,
         "attention_balance_early": float(early.mean()) if len(early) else None,
         "ttft_breakdown_mean_s": breakdown_mean,
-        "ttft_breakdown_share": {c: m / mean_ttft for c, m in breakdown_mean.items()} if mean_ttft else {},
+        "ttft_breakdown_share": ({c: m / mean_ttft for c, m in breakdown_mean.items() if c in TTFT_PARTS}
+                                 if mean_ttft else {}),
         "window_s": float(window_s),
     }
     summary["warnings"] = _warnings(summary)

@@ -58,7 +58,8 @@ CONTRACT: dict[str, dict[str, pa.DataType]] = {
               "bytes": I64, "traffic": STR},
     "engines": {"system": STR, "t": F64, "engine": STR, "role": STR, "batch_requests": I64,
                 "batch_tokens": I64, "attention_s": F64, "step_s": F64, "queued_tokens": I64,
-                "read_queue_tokens": I64},
+                "read_queue_tokens": I64,
+                "group": I64},  # added: the engine group (engines of a group step together; null for http)
 }
 TABLES = tuple(CONTRACT)
 # Columns a batch may leave out: filled with null (str, int) or NaN (float). Float columns always allow
@@ -66,10 +67,10 @@ TABLES = tuple(CONTRACT)
 OMITTABLE = {
     "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *metrics.BREAKDOWN_COLUMNS,
                  "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status"},
-    "agents": set(), "links": set(), "engines": set(),
+    "agents": set(), "links": set(), "engines": {"group"},
 }
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
-                         "http_status"}, "agents": set(), "links": set(), "engines": set()}
+                         "http_status"}, "agents": set(), "links": set(), "engines": {"group"}}
 ALLOWED_VALUES = {
     ("requests", "status"): metrics.STATUSES, ("requests", "read_side"): ("pe", "de", "none"),
     ("agents", "status"): metrics.STATUSES, ("links", "direction"): ("rx", "tx"),

@@ -40,8 +40,9 @@ class Node:
         self.snic_tx: Link = net.add_link(id, "snic", "tx", snic_rate)
         self.dram_rx: Link = net.add_link(id, "dram", "rx", None)
         self.dram_tx: Link = net.add_link(id, "dram", "tx", None)
-        # storage reads share the SNIC; recorded once, on the SNIC (DESIGN.md links contract)
-        self.reader = SharedLink(net, self.snic_rx, (), "kv_read")
+        # storage reads share the SNIC and land in DRAM: rx on the SNIC (the read itself, DESIGN.md links
+        # contract) and on the DRAM meter (the buffer write the paper's DRAM bounds count)
+        self.reader = SharedLink(net, self.snic_rx, (self.dram_rx,), "kv_read")
         self.blocked_groups: dict = {}       # prefill groups that left work waiting for this buffer
         self.dram_cap = dram_cap
         self.dram_used = 0.0

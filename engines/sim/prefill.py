@@ -44,6 +44,7 @@ class PrefillGroup:
                 extra = reserve.get(node.id, 0.0)
                 if node.dram_used + extra + need > node.dram_cap and (node.dram_used + extra) > 0:
                     node.blocked_groups[self] = None  # kick this group when that buffer frees
+                    req.hold(sim.loop.now)
                     continue  # its DE buffer is full: leave it for a later step
                 reserve[node.id] = extra + need
             candidates.append(req)
@@ -61,6 +62,7 @@ class PrefillGroup:
             if sim.layerwise and not sim.free_io and req.chunks == 0 and req.read_side != "de":
                 sim.reserve(sim.cluster.nodes[req.de.node], req.prompt_bytes)
                 req.de_dram += req.prompt_bytes
+                req.unhold(sim.loop.now)
             out.append((req, item.tokens, item.attention_s))
         return out
 
@@ -152,6 +154,10 @@ class PrefillGroup:
         step_s = now - self.t0
         items, self.items = self.items, []
         self.busy = False
+        active = {pe.id for pe, _ in items}
+        for pe in self.pes:  # every GPU of the group took part in the step, idle ones with no attention
+            if pe.id not in active:
+                sim.record_step(pe, (), step_s, now)
         for pe, batch in items:
             done = set()
             for req, ntok, _ in batch:

@@ -15,7 +15,7 @@ REQUEST_COLUMNS = ("system", "agent_id", "round", "t_scheduled", "t_sent", "t_fi
                    "read_side", "read_bytes", "queue_s", "alloc_s", "read_s", "prefill_s", "kv_transfer_s",
                    "status", "error")
 ENGINE_COLUMNS = ("system", "t", "engine", "role", "batch_requests", "batch_tokens", "attention_s", "step_s",
-                  "queued_tokens", "read_queue_tokens")
+                  "queued_tokens", "read_queue_tokens", "group")
 AGENT_COLUMNS = ("system", "agent_id", "t_arrival", "t_done", "rounds", "jct_s", "status")
 FLUSH_ROWS = 50_000
 
@@ -64,6 +64,7 @@ class Recorder:
         d["step_s"].append(step_s)
         d["queued_tokens"].append(int(pe.tok))
         d["read_queue_tokens"].append(int(read_q))
+        d["group"].append(pe.group)
         if len(d["t"]) >= FLUSH_ROWS:
             self._flush_engines()
 
@@ -83,6 +84,7 @@ class Recorder:
                 d["step_s"].append(de.step_s)
                 d["queued_tokens"].append(int(de.tok))
                 d["read_queue_tokens"].append(int(self.cluster.nodes[de.node].read_q_tokens))
+                d["group"].append(de.group)
             if len(d["t"]) >= FLUSH_ROWS:
                 self._flush_engines()
             if running():
@@ -111,10 +113,13 @@ class Recorder:
             "de": [r.de.name for r in rs],
             "read_side": [r.read_side for r in rs],
             "read_bytes": [r.read_bytes for r in rs],
-            "queue_s": [r.t_dispatch - r.t_sched for r in rs],
-            "alloc_s": [r.t_read_start - r.t_dispatch for r in rs],
+            # TTFT = queue + alloc + read + prefill: waiting for the scheduler and the node's read queue;
+            # held back by full buffers (staging DRAM before the read, PE HBM or the DE buffer after it);
+            # the storage read; the rest to the first token (H2D, batching, compute)
+            "queue_s": [r.t_read_start - r.t_sched - r.alloc_s_at_read for r in rs],
+            "alloc_s": [r.alloc_s for r in rs],
             "read_s": [r.t_read_done - r.t_read_start for r in rs],
-            "prefill_s": [r.t_first - r.t_read_done for r in rs],
+            "prefill_s": [r.t_first - r.t_read_done - (r.alloc_s - r.alloc_s_at_read) for r in rs],
             "kv_transfer_s": [r.t_decode - r.t_first for r in rs],
             "status": ["ok"] * len(rs),
             "error": [None] * len(rs),

@@ -10,7 +10,8 @@ class Request:
     __slots__ = ("agent", "round", "prompt", "hit", "new", "gen", "length", "kv", "hbm_need",
                  "t_sched", "t_dispatch", "t_read_start", "t_read_done", "t_first", "t_second",
                  "t_decode", "t_done", "pe", "de", "read_side", "remaining", "cached_now", "chunks",
-                 "outstanding", "prefilled", "pe_dram", "de_dram", "pe_hbm", "decode_ctx", "read_bytes")
+                 "outstanding", "prefilled", "pe_dram", "de_dram", "pe_hbm", "decode_ctx", "read_bytes",
+                 "t_held", "alloc_s", "alloc_s_at_read")
 
     def __init__(self, agent: int, rnd: int, prompt: int, hit: int, gen: int, t_sched: float, kv_per_token: float):
         self.agent = agent
@@ -38,6 +39,19 @@ class Request:
         self.pe_hbm = 0.0                           # PE HBM held (whole-request prefill)
         self.decode_ctx = 0.0
         self.read_bytes = 0
+        self.t_held = NAN                           # since when a full buffer holds it back (NaN: it is not held)
+        self.alloc_s = 0.0                          # time held back by full buffers (staging DRAM, PE HBM)
+        self.alloc_s_at_read = 0.0                  # ... of which before its storage read started
+
+    def hold(self, now: float) -> None:
+        """A full buffer (staging DRAM, PE HBM, the DE buffer) keeps this request waiting from now."""
+        if self.t_held != self.t_held:
+            self.t_held = now
+
+    def unhold(self, now: float) -> None:
+        if self.t_held == self.t_held:
+            self.alloc_s += now - self.t_held
+            self.t_held = NAN
 
     @property
     def hit_bytes(self) -> float:

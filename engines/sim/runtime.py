@@ -178,8 +178,11 @@ class Simulation:
             req = node.read_queue[0]
             need = req.hit_bytes if req.read_side == "pe" else req.prompt_bytes
             if node.dram_used + need > node.dram_cap and node.dram_used > 0:
+                req.hold(self.loop.now)
                 return  # the staging buffer is full: the SNIC idles until a consumer frees it
             node.read_queue.popleft()
+            req.unhold(self.loop.now)
+            req.alloc_s_at_read = req.alloc_s
             self.reserve(node, need)
             if req.read_side == "pe":
                 req.pe_dram = need
@@ -215,8 +218,10 @@ class Simulation:
             req = pe.hbm_waiters[0]
             need = req.prompt_bytes
             if pe.hbm_used + need > pe.hbm_cap and pe.hbm_used > 0:
+                req.hold(self.loop.now)
                 return
             pe.hbm_waiters.popleft()
+            req.unhold(self.loop.now)
             pe.hbm_used += need
             req.pe_hbm = need
             if req.hit_bytes > 0:
