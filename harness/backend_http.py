@@ -28,6 +28,10 @@ def driver_config(scenario: dict) -> DriverConfig:
                         max_concurrency=scenario.get("max_concurrency"), seed=int(scenario.get("seed", 1)))
 
 
+def check(scenario: dict, trace: Trace) -> None:
+    """Nothing to check before a run: the endpoint is not ours."""
+
+
 async def reset_cache(url: str, api_key: str | None) -> None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:

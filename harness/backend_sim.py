@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.sim import simulate
+from engines.sim import check_fits, simulate
 from engines.spec import SimConstants, hardware_spec, model_spec
 from traces.errors import InputError
 from traces.schema import Trace
@@ -13,14 +13,26 @@ def sim_constants(scenario: dict) -> SimConstants:
     return SimConstants().with_overrides(scenario.get("sim"))
 
 
-def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
-               progress=None, until_s: float | None = None) -> dict:
+def _specs(scenario: dict):
     try:
-        model = model_spec(scenario["model"])
-        hardware = hardware_spec(scenario["hardware"])
-        constants = sim_constants(scenario)
+        return model_spec(scenario["model"]), hardware_spec(scenario["hardware"]), sim_constants(scenario)
     except InputError as exc:
         raise exc.at(scenario.get("_path")) from None
+
+
+def check(scenario: dict, trace: Trace) -> None:
+    """Before anything is written: every system of the scenario can run this trace on its cluster."""
+    model, hardware, constants = _specs(scenario)
+    for system in scenario["systems"]:
+        try:
+            check_fits(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants)
+        except InputError as exc:
+            raise exc.at(scenario.get("_path")) from None
+
+
+def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
+               progress=None, until_s: float | None = None) -> dict:
+    model, hardware, constants = _specs(scenario)
     info = simulate(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants,
                     start_s=start_s, not_before_s=not_before_s,
                     window_s=float(scenario["telemetry"]["window_s"]), sink=sink, progress=progress,

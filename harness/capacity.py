@@ -7,8 +7,13 @@ after `warmup_s` and before the horizon), the mean TTFT and mean TPOT (or the sc
 percentile) are within the SLO, and fails otherwise. The paper's stopping rules (reference/paper.md
 5.4) are applied to the TTFT series: it fails as soon as the TTFT of the last `window_s` (150 s)
 exceeds the TTFT SLO (the paper's "TTFT > 4 s"), and it is marked steady when that window's mean
-TTFT is within 5 % of the window 30 minutes earlier. A request scheduled in the window that never
+TTFT is within 5 % of the window `lookback_s` (30 minutes) earlier. A request scheduled in the window that never
 produced a first token counts as an SLO miss.
+
+The paper runs until TTFT > 4 s or a steady state; a probe that passes at its horizon while its TTFT
+is not yet steady is therefore run again, one look-back longer each time, up to
+`max_horizon_s` (default: the horizon plus two look-backs), where the SLO alone decides. A trace too
+short to keep agents arriving until the horizon fails the probe (it would measure a draining system).
 
 Search: double the rate from `rate_aps_start` while probes pass (up to `rate_aps_max`), then bisect
 between the highest pass and the lowest failure until they are within `tolerance` (relative) or
@@ -23,10 +28,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from harness.metrics import slo_statistic
+
 STEADY_LOOKBACK_S = 1800.0
 STEADY_CHANGE = 0.05
 DEFAULTS = {"rate_aps_start": 0.05, "rate_aps_max": 20.0, "tolerance": 0.05, "warmup_s": 600.0,
-            "window_s": 150.0, "max_probes": 10}
+            "window_s": 150.0, "lookback_s": STEADY_LOOKBACK_S, "max_probes": 10}
 
 
 @dataclass
@@ -39,12 +46,32 @@ class Probe:
     tpot_s: float | None
     ttft_last_window_s: float | None
     steady: bool | None
+    horizon_s: float | None = None  # how long it ran (longer than the horizon when TTFT was not steady)
 
 
 def settings(scenario: dict) -> dict:
     out = {**DEFAULTS, **(scenario.get("capacity") or {})}
-    out.setdefault("horizon_s", out["warmup_s"] + STEADY_LOOKBACK_S + out["window_s"])
+    out.setdefault("horizon_s", out["warmup_s"] + out["lookback_s"] + out["window_s"])
+    out.setdefault("max_horizon_s", out["horizon_s"] + 2 * out["lookback_s"])
+    out["max_horizon_s"] = max(out["max_horizon_s"], out["horizon_s"])
     return out
+
+
+def probe(run_until: Callable[[float], tuple[pd.DataFrame, str | None]], rate: float, slo: dict, cfg: dict
+          ) -> Probe:
+    """One probe at `rate`: `run_until(horizon)` runs the system with Poisson agents at that rate until
+    `horizon` and returns its request rows and, if the trace ran out of agents before it, why. Reruns a
+    passing probe whose TTFT is not steady with a longer horizon (see the module doc)."""
+    horizon = float(cfg["horizon_s"])
+    while True:
+        requests, shortfall = run_until(horizon)
+        p = judge(requests, rate, slo, cfg, horizon)
+        p.horizon_s = horizon
+        if shortfall is not None:
+            p.passed, p.reason = False, shortfall
+        if not p.passed or p.steady is not False or horizon >= cfg["max_horizon_s"]:
+            return p
+        horizon = min(float(cfg["max_horizon_s"]), horizon + float(cfg["lookback_s"]))
 
 
 def judge(requests: pd.DataFrame, rate: float, slo: dict, cfg: dict, horizon_s: float) -> Probe:
@@ -59,19 +86,14 @@ def judge(requests: pd.DataFrame, rate: float, slo: dict, cfg: dict, horizon_s: 
     window = (t_sched >= cfg["warmup_s"]) & (t_sched <= horizon_s)
     ttft = np.where(ok & np.isfinite(first), first - t_sched, np.inf)[window]
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(ok & (out_tok > 1), (done - first) / (out_tok - 1), np.nan)[window]
-    tpot = tpot[np.isfinite(tpot)]
-
-    def stat(v):
-        if len(v) == 0:
-            return None
-        return float(np.percentile(v, pct)) if pct else float(np.mean(v))
-
-    ttft_v, tpot_v = stat(ttft), stat(tpot)
+        tpot = np.where(ok & (out_tok > 1), (done - first) / (out_tok - 1), np.nan)
+    tpot = np.where(ok, tpot, np.inf)[window]  # a failed request misses every target (as in metrics)
+    ttft_v, tpot_v = slo_statistic(ttft, pct), slo_statistic(tpot, pct)
     last = (t_sched > horizon_s - cfg["window_s"]) & (t_sched <= horizon_s)
     last_ttft = np.where(ok & np.isfinite(first), first - t_sched, np.inf)[last]
     last_mean = float(np.mean(last_ttft)) if len(last_ttft) else None
-    early = (t_sched > horizon_s - cfg["window_s"] - STEADY_LOOKBACK_S) & (t_sched <= horizon_s - STEADY_LOOKBACK_S)
+    lookback = cfg.get("lookback_s", STEADY_LOOKBACK_S)
+    early = (t_sched > horizon_s - cfg["window_s"] - lookback) & (t_sched <= horizon_s - lookback)
     early_ttft = (first - t_sched)[early & ok & np.isfinite(first)]
     steady = None
     if last_mean is not None and len(early_ttft) and math.isfinite(last_mean):
@@ -91,7 +113,9 @@ def judge(requests: pd.DataFrame, rate: float, slo: dict, cfg: dict, horizon_s: 
 
 
 def _fmt(x) -> str:
-    return "inf" if x is None or not math.isfinite(x) else f"{x:.3f} s"
+    if x is None:
+        return "-"
+    return "inf" if not math.isfinite(x) else f"{x:.3f} s"
 
 
 def search(run_probe: Callable[[float], Probe], cfg: dict, report: Callable[[Probe], None] | None = None
@@ -134,4 +158,4 @@ def table(system: str, probes: list[Probe]) -> dict[str, list]:
 def format_probe(system: str, p: Probe) -> str:
     return (f"{system:<12} {p.rate_aps:7.3f} APS  {'pass' if p.passed else 'FAIL':<4}  TTFT {_fmt(p.ttft_s):>9}  "
             f"TPOT {_fmt(p.tpot_s):>9}  last-window TTFT {_fmt(p.ttft_last_window_s):>9}  "
-            f"steady {p.steady}  requests {p.requests}  ({p.reason})")
+            f"steady {p.steady}  ran {p.horizon_s or 0:.0f} s  requests {p.requests}  ({p.reason})")

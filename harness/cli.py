@@ -45,16 +45,14 @@ def build_parser() -> Parser:
 
 
 def emit_json(obj) -> None:
-    """Write one JSON document to stdout (the only thing on stdout under --json)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write one JSON document to stdout (the only thing on stdout under --json).
 
+    Strict JSON, as summary.json is (the same conversion, harness/results.py): NaN and infinities become
+    null, numpy scalars plain numbers, keys strings, and anything else (a date) its string.
+    """
+    from harness.results import _jsonable
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,13 +55,15 @@ def cmd_run(args) -> int:
 
     scenario = load_scenario(args.scenario, args.overrides)
     backend = backend_module(scenario, args.scenario)
-    run_dir = Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
+
+    def run_dir() -> Path:  # made once the inputs are known good: a bad trace leaves no empty directory
+        return Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
     if args.capacity:
         return run_capacity(args, scenario, backend, run_dir)
     return run_systems(args, scenario, backend, run_dir)
 
 
-def run_systems(args, scenario: dict, backend, run_dir: Path) -> int:
+def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     from harness import metrics
     from harness.arrivals import schedule
     from harness.cli import emit_json
@@ -72,7 +74,9 @@ def run_systems(args, scenario: dict, backend, run_dir: Path) -> int:
     with progress(None, "trace", unit="agent") as advance:
         trace = located(lambda: scenario_trace(scenario["trace"], progress=advance), scenario, args.scenario)
     start_s, not_before = schedule(scenario["arrival"], trace, int(scenario["seed"]))
+    backend.check({**scenario, "_path": args.scenario}, trace)
     rounds = trace.num_rounds
+    run_dir = make_run_dir()
     with ResultsWriter(run_dir, scenario) as writer:
         for system in scenario["systems"]:
             writer.begin_system(system)
@@ -111,14 +115,13 @@ def located(make, scenario: dict, path: str):
         raise InputError(exc.problem, path=path, field=prefix + exc.field if exc.field else "trace") from None
 
 
-def run_capacity(args, scenario: dict, backend, run_dir: Path) -> int:
+def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     import pandas as pd
 
     from harness import capacity
     from harness.arrivals import agent_start_times
     from harness.cli import emit_json
-    from harness.results import write_json
-    from harness.scenario import dump_scenario
+    from harness.results import claim_run_dir, run_meta, write_json
     from harness.trace_input import first_agents, scenario_trace
     from engines.sim import MemorySink
 
@@ -126,48 +129,72 @@ def run_capacity(args, scenario: dict, backend, run_dir: Path) -> int:
     if not slo.get("ttft_s") and not slo.get("tpot_s"):
         raise InputError("--capacity needs slo.ttft_s and/or slo.tpot_s", path=args.scenario, field="slo")
     cfg = capacity.settings(scenario)
-    horizon = float(cfg["horizon_s"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_scenario(scenario, run_dir / "scenario.yaml")
-    max_agents = math.ceil(cfg["rate_aps_max"] * horizon) + 1
     base_trace = None if "synth" in scenario["trace"] else located(lambda: scenario_trace(scenario["trace"]),
                                                                     scenario, args.scenario)
-    results, rows = {}, []
+    if base_trace is not None:
+        backend.check({**scenario, "_path": args.scenario}, base_trace)
+    run_dir = claim_run_dir(make_run_dir(), scenario)
+    results: dict[str, dict] = {}
+    summary = {"run_id": run_dir.name, "status": "running", "capacity": results,
+               "meta": {**run_meta(scenario, None), "settings": cfg}}
+
+    def save(status: str) -> None:
+        """capacity.csv and summary.json as they stand: written after every probe, so an interrupted
+        search keeps every probe it finished."""
+        rows = [capacity.table(name, [capacity.Probe(**p) for p in r["probes"]]) for name, r in results.items()]
+        table = pd.concat([pd.DataFrame(r) for r in rows if r], ignore_index=True) if any(rows) else pd.DataFrame()
+        tmp = run_dir / ".capacity.csv.tmp"
+        table.to_csv(tmp, index=False)
+        tmp.replace(run_dir / "capacity.csv")
+        summary["status"] = status
+        names = [n for n in results if results[n]["capacity_aps"]]
+        if len(names) >= 2:
+            summary["capacity_ratio"] = {f"{names[1]}/{names[0]}": results[names[1]]["capacity_aps"] /
+                                         results[names[0]]["capacity_aps"]}
+        write_json(run_dir / "summary.json", summary)
 
     def probe_for(system: str):
-        def run_probe(rate: float) -> capacity.Probe:
-            agents = min(max_agents, math.ceil(rate * horizon) + 1)
+        def run_until(rate: float, horizon: float):
+            needed = math.ceil(rate * horizon) + 1
             if base_trace is None:
-                tcfg = {**scenario["trace"], "synth": {**scenario["trace"]["synth"], "agents": agents}}
+                tcfg = {**scenario["trace"], "synth": {**scenario["trace"]["synth"], "agents": needed}}
                 trace = located(lambda: scenario_trace(tcfg), scenario, args.scenario)
             else:
-                trace = first_agents(base_trace, agents)
+                trace = first_agents(base_trace, needed)
             n = len(trace.agent_starts())
             start = agent_start_times({"mode": "poisson", "rate_aps": rate, "seed": scenario["arrival"].get("seed")},
                                       n, int(scenario["seed"]))
+            shortfall = None
+            if n < needed and start[-1] < horizon:
+                shortfall = (f"the trace has {n} agents: at {rate:g} agents/s they stop arriving at "
+                             f"{start[-1]:.0f} s, before the {horizon:.0f} s horizon")
             sink = MemorySink()
             backend.run_system({**scenario, "_path": args.scenario}, trace, system, start, None, sink, None,
                                until_s=horizon + cfg["window_s"])
             req = pd.DataFrame(sink.tables.get("requests", {"t_scheduled": [], "t_first_token": [], "t_done": [],
                                                             "output_tokens": [], "status": []}))
-            return capacity.judge(req, rate, slo, cfg, horizon)
-        return run_probe
+            return req, shortfall
+        return lambda rate: capacity.probe(lambda horizon: run_until(rate, horizon), rate, slo, cfg)
 
-    for system in scenario["systems"]:
-        best, probes = capacity.search(probe_for(system), cfg,
-                                       report=lambda p, s=system: print(capacity.format_probe(s, p), file=sys.stderr,
-                                                                        flush=True))
-        results[system] = {"capacity_aps": best, "probes": [vars(p) for p in probes]}
-        rows.append(capacity.table(system, probes))
-    table = pd.concat([pd.DataFrame(r) for r in rows if r], ignore_index=True) if rows else pd.DataFrame()
-    table.to_csv(run_dir / "capacity.csv", index=False)
-    summary = {"run_id": run_dir.name, "status": "ok", "capacity": results,
-               "meta": {"scenario": scenario, "settings": cfg}}
-    names = list(results)
-    if len(names) >= 2 and all(results[n]["capacity_aps"] for n in names[:2]):
-        summary["capacity_ratio"] = {f"{names[1]}/{names[0]}": results[names[1]]["capacity_aps"] /
-                                     results[names[0]]["capacity_aps"]}
-    write_json(run_dir / "summary.json", summary)
+    def report(system: str, p: capacity.Probe) -> None:
+        results[system]["probes"].append(vars(p))
+        if p.passed:
+            best = results[system]["capacity_aps"]
+            results[system]["capacity_aps"] = p.rate_aps if best is None else max(best, p.rate_aps)
+        print(capacity.format_probe(system, p), file=sys.stderr, flush=True)
+        save("running")
+
+    try:
+        for system in scenario["systems"]:
+            results[system] = {"capacity_aps": None, "probes": []}
+            best, _ = capacity.search(probe_for(system), cfg, report=lambda p, s=system: report(s, p))
+            results[system]["capacity_aps"] = best
+    except KeyboardInterrupt:
+        save("interrupted")
+        print(f"interrupted: kept {sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}",
+              file=sys.stderr)
+        return 130
+    save("ok")
     if args.json:
         emit_json(summary)
     else:
@@ -175,6 +202,10 @@ def run_capacity(args, scenario: dict, backend, run_dir: Path) -> int:
             cap = r["capacity_aps"]
             print(f"{name:<12} capacity {'-' if cap is None else f'{cap:.3f}'} agents/s "
                   f"({len(r['probes'])} probes)")
+            short = [p for p in r["probes"] if p["reason"].startswith("the trace has")]
+            if short:
+                print(f"{name:<12} note: the trace ran out of agents at {min(p['rate_aps'] for p in short):g} "
+                      "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
         for k, v in summary.get("capacity_ratio", {}).items():
             print(f"capacity ratio {k}: {v:.2f}")
         print(f"results: {run_dir}", file=sys.stderr)

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
 from traces.errors import InputError
 
 SYNTH_FLAGS = {  # flag -> SynthParams field
-    "--turns-mean": ("turns_mean", float),
-    "--append-mean": ("append_mean", float),
-    "--gen-mean": ("gen_mean", float),
-    "--max-context": ("max_context", int),
-    "--tool-latency-mean": ("tool_latency_mean", float),
-    "--block-size": ("block_size", int),
+    "--turns-mean": "turns_mean",
+    "--append-mean": "append_mean",
+    "--gen-mean": "gen_mean",
+    "--max-context": "max_context",
+    "--tool-latency-mean": "tool_latency_mean",
+    "--block-size": "block_size",
 }
+# parameters that do not change Table 2's means: a preset's trace with other values still compares with the paper
+NOT_IN_TABLE2 = ("tool_latency_mean", "tool_latency_sigma", "block_size")
 
 
 def register(sub) -> None:
@@ -29,8 +32,8 @@ def register(sub) -> None:
     s.add_argument("--agents", type=int, required=True, help="number of agents (trajectories)")
     s.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     s.add_argument("-o", "--output", required=True, help="output file, .parquet or .jsonl")
-    for flag, (name, typ) in SYNTH_FLAGS.items():
-        s.add_argument(flag, dest=name, type=typ, help=f"override the preset's {name}")
+    for flag, name in SYNTH_FLAGS.items():
+        s.add_argument(flag, dest=name, help=f"override the preset's {name}")
     s.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                    help="override any generator parameter (see README); repeatable")
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
@@ -55,7 +58,8 @@ def register(sub) -> None:
     st = tsub.add_parser("stats", help="statistics of a trace (Table 2 means, lengths, hit rate)")
     st.add_argument("file")
     st.add_argument("--format", default="auto", choices=["auto", "parquet", "jsonl", "mooncake"])
-    st.add_argument("--block-size", type=int, default=None, help="Mooncake block size (default 512)")
+    st.add_argument("--block-size", type=int, default=None, help="Mooncake block size (default 512; Parquet "
+                    "and JSONL traces carry their own)")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(func=cmd_stats)
 
@@ -65,11 +69,26 @@ def _positive(value, field):
         raise InputError(f"must be > 0, got {value}", field=field)
 
 
+def _number(text: str, name: str, field: str) -> int | float:
+    """A parameter's value from the command line: a float, or an integer where it is written as one (the
+    generator takes whole-number floats for its integer fields and refuses others)."""
+    from traces.synth import INT_FIELDS
+
+    try:
+        return int(text) if name in INT_FIELDS and text.strip().lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        named = f"{name}: " if field == "--set" else ""
+        raise InputError(f"{named}expected a number, got {text!r}", field=field) from None
+
+
 def synth_params(args: argparse.Namespace):
     from traces.presets import preset
     from traces.synth import SynthParams, params_with
 
-    overrides = {name: getattr(args, name) for name, _ in SYNTH_FLAGS.values()}
+    overrides = {}
+    for flag, name in SYNTH_FLAGS.items():
+        if getattr(args, name) is not None:
+            overrides[name] = _number(getattr(args, name), name, flag)
     for item in args.params:
         key, sep, value = item.partition("=")
         if not sep:
@@ -77,10 +96,7 @@ def synth_params(args: argparse.Namespace):
         if key not in SynthParams.names():
             raise InputError(f"unknown parameter {key!r} (allowed: {', '.join(SynthParams.names())})",
                              field="--set")
-        try:
-            overrides[key] = int(value) if key in ("max_context", "block_size") else float(value)
-        except ValueError:
-            raise InputError(f"{key}: expected a number, got {value!r}", field="--set") from None
+        overrides[key] = _number(value, key, "--set")
     if args.preset:
         base = preset(args.preset)
     else:
@@ -99,6 +115,8 @@ def cmd_synth(args) -> int:
     from traces.synth import synthesize
 
     _positive(args.agents, "--agents")
+    if args.seed < 0:
+        raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
     output_format(args.output)
     params = synth_params(args)
     t0 = time.perf_counter()
@@ -137,10 +155,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from traces.io import read_trace
+    from traces.io import detect_format, read_trace
 
     _positive(args.block_size, "--block-size")
-    trace = read_trace(args.file, args.format, block_size=args.block_size)
+    fmt = args.format
+    if args.block_size is not None:
+        fmt = detect_format(args.file) if fmt == "auto" else fmt
+        if fmt != "mooncake":
+            raise InputError(f"applies to Mooncake rows only; a {fmt} trace states its own block size",
+                             field="--block-size")
+    trace = read_trace(args.file, fmt, block_size=args.block_size)
     return _show_stats(trace, args.json)
 
 
@@ -149,13 +173,13 @@ def _show_stats(trace, as_json: bool, extra: dict | None = None) -> int:
     from traces.presets import TABLE2
     from traces.stats import FIELDS, format_stats, trace_stats
 
-    stats = trace_stats(trace)
+    stats = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in trace_stats(trace).items()}
     if as_json:
-        emit_json({**stats, **(extra or {})})
+        emit_json({**stats, **(extra or {})})  # no NaN or Infinity: they are not JSON
         return 0
     table = format_stats(stats)
-    preset = str(trace.meta.get("source", "")).removeprefix("synth:")
-    if preset in TABLE2:
+    preset = _paper_preset(trace)
+    if preset:
         paper = dict(zip(("turns_mean", "append_mean", "gen_mean", "total_mean", "context_mean"), TABLE2[preset]))
         lines = []
         for key, line in zip(FIELDS, table.splitlines()):
@@ -165,3 +189,15 @@ def _show_stats(trace, as_json: bool, extra: dict | None = None) -> int:
         table = "\n".join(lines)
     print(table)
     return 0
+
+
+def _paper_preset(trace) -> str | None:
+    """The paper preset a synthetic trace was made with, if none of its Table 2 parameters was overridden."""
+    from traces.presets import PRESETS
+
+    name = str(trace.meta.get("source", "")).removeprefix("synth:")
+    params = trace.meta.get("params")
+    if name not in PRESETS or not isinstance(params, dict):
+        return None
+    same = all(params.get(k) == v for k, v in PRESETS[name].as_dict().items() if k not in NOT_IN_TABLE2)
+    return name if same else None

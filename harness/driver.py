@@ -39,6 +39,7 @@ NAP_FRACTION = 0.85        # timed waits here overshoot by up to ~6 % of their l
 TIMER_ROUNDING_S = 0.001   # ... plus epoll's rounding up to whole ms: nap short, then nap again
 FLUSH_ROWS, FLUSH_S = 256, 1.0
 ABORT_AFTER_ERRORS = 20    # consecutive connection failures with no success in between: the endpoint is gone
+REFUSED_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not found"}  # every request will fail the same way
 REQUEST_ID_HEADER = "X-Request-Id"  # "<agent_id>/<round>": lets a server's own log be joined to our rows
 
 
@@ -269,15 +270,19 @@ class Driver:
 
     # ----- records --------------------------------------------------------------------------------
     def _record(self, a: int, i: int, r: int, t_sched: float, t_wake: float, c: Completion) -> None:
+        if c.error and self.cfg.api_key:  # a server may echo the Authorization header in its error body
+            c.error = c.error.replace(self.cfg.api_key, "<api key>")
         if c.status == "ok":
             self.consecutive_failures = 0
         else:
             self.failed += 1
-            if c.http_status is None and c.status == "error":
+            if c.status == "error" and (c.http_status is None or c.http_status in REFUSED_HTTP):
                 self.consecutive_failures += 1
                 if self.consecutive_failures >= self.cfg.abort_after_errors and not self.aborted:
-                    self.aborted = (f"endpoint unreachable: {self.consecutive_failures} consecutive connection "
-                                    f"failures (last: {c.error})")
+                    what = ("endpoint unreachable: {} consecutive connection failures" if c.http_status is None else
+                            f"endpoint refuses the requests: {{}} consecutive HTTP {c.http_status} "
+                            f"({REFUSED_HTTP[c.http_status]}) answers")
+                    self.aborted = f"{what.format(self.consecutive_failures)} (last: {c.error})"
                     self.pacer.release_all()  # agents waiting for later rounds see the abort now
         t_first = self._s(c.t_first_ns)
         gaps = np.diff(np.array(c.chunk_ns, dtype=np.int64)) * 1e-9 if len(c.chunk_ns) > 1 else np.zeros(0)

@@ -243,9 +243,20 @@ def exact_percentile(values, p: float) -> float:
     return float(v[max(1, int(p * len(v) / 100 + 0.5)) - 1])
 
 
-def _slo_summary(slo: Mapping, latencies: dict, ok: pd.DataFrame, duration_s) -> dict | None:
+def slo_statistic(values, percentile: float | None) -> float | None:
+    """The statistic an SLO is judged at: the mean, or the exact order statistic at `percentile`. NaN
+    values (not reached) are left out; inf (a failed request) stays, so failures count against the SLO."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return None
+    return exact_percentile(v, float(percentile)) if percentile is not None else float(v.mean())
+
+
+def _slo_summary(slo: Mapping, latencies: dict, ok: pd.DataFrame, failed: int, duration_s) -> dict | None:
     """Per-request attainment and goodput (DistServe), and whether the run meets the SLO judged at the
-    mean (or at `percentile`) of the raw values."""
+    mean (or at `percentile`) of the raw values. A request that failed (error, timeout) misses every
+    target: it counts in the attainment's denominator and as an infinite latency in the judged value."""
     targets = {k: float(slo[k]) for k in SLO_METRICS if slo.get(k) is not None}
     if not targets:
         return None
@@ -260,21 +271,19 @@ def _slo_summary(slo: Mapping, latencies: dict, ok: pd.DataFrame, duration_s) ->
         if name == "tpot_s":
             meets |= out_tokens <= 1
         met_all &= meets
-        observed = value[~np.isnan(value)]
-        if len(observed) == 0:
-            judged[name] = None
-            continue
-        stat = exact_percentile(observed, float(percentile)) if percentile is not None else float(observed.mean())
+        stat = slo_statistic(np.concatenate([value, np.full(failed, np.inf)]), percentile)
         judged[name] = stat
-        met = met and stat <= target
+        met = met and (stat is None or stat <= target)
     good = int(met_all.sum())
+    judged_requests = len(ok) + failed
     return {
         "targets": targets,
         "judged_at": "mean" if percentile is None else _pct_key(float(percentile)),
         "values": judged,
         "met": bool(met and len(ok) > 0),
-        "attainment": good / len(ok) if len(ok) else None,
+        "attainment": good / judged_requests if judged_requests else None,
         "good_requests": good,
+        "failed_requests": failed,
         "goodput_rps": _per_s(good, duration_s),
     }
 
@@ -363,7 +372,7 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
         "arrival": arrival_rates(requests, arrival),
         "hit_rate_expected": _ratio(np.nansum(_float(ok, "expected_cached_tokens")), np.nansum(prompt)),
         "hit_rate_achieved": _ratio(cached[known].sum(), prompt[known].sum()) if known.any() else None,
-        "slo": _slo_summary(slo or {}, latencies, ok, duration),
+        "slo": _slo_summary(slo or {}, latencies, ok, by_status["error"] + by_status["timeout"], duration),
         "snic_balance": float(np.average(snic, weights=snic_bytes)) if len(snic) else None,  # byte-weighted
         "snic_balance_p90": float(np.percentile(snic, 90)) if len(snic) else None,
         "snic_windows": int(len(snic)),

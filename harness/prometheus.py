@@ -1,11 +1,20 @@
-"""Scrape Prometheus endpoints during a run, once per telemetry window.
+"""Scrape Prometheus endpoints during a run, on the telemetry window grid.
 
-Byte counters (`*_bytes_total` with a device/interface label, e.g. node-exporter's
-`node_network_receive_bytes_total{device="mlx5_0"}`) become links rows: bytes moved in the window
-(counter deltas), direction rx for receive/read counters and tx otherwise, traffic `other`. Server
-gauges of running and waiting requests (vLLM `vllm:num_requests_running` / `_waiting`, SGLang
-`sglang:num_running_reqs` / `num_queue_reqs`) become engines rows with role `server`. Everything else
-is ignored. A scrape that fails is counted, never fatal.
+Byte counters (`*_bytes_total` with a non-empty device/interface label, e.g. node-exporter's
+`node_network_receive_bytes_total{device="mlx5_0"}`) become links rows: direction rx for
+receive/read counters and tx otherwise, traffic `other`. Server gauges of running and waiting requests
+(vLLM `vllm:num_requests_running` / `_waiting`, SGLang `sglang:num_running_reqs` / `num_queue_reqs`)
+become engines rows with role `server`, at the time of the scrape. Everything else (a byte counter
+whose device is empty, too) is ignored. A scrape that fails is counted, never fatal.
+
+Windows are those of DESIGN.md's links contract: fixed, `[k w, (k+1) w)` from the run's start for
+`w = telemetry.window_s`. Each endpoint is scraped at the run's start and then at every window
+boundary (deadlines `k w` on the run's clock, so lateness never accumulates; a deadline already past
+is skipped, not caught up). A scrape's time is the middle of its request; the bytes a counter moved
+between two scrapes are spread over the windows that interval covers, in proportion to the overlap
+(whole bytes, summing exactly to the counter's delta). A window's row (one per counter that moved
+in it) is written once a scrape has passed its end; at the end of the run, whatever was measured of
+the last windows.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfINF
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")
 WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
+LINK_COLUMNS = ("system", "t_start", "t_end", "node", "link", "direction", "bytes", "traffic")
 
 
 def parse(text: str) -> list[tuple[str, dict, float]]:
@@ -41,28 +51,60 @@ def parse(text: str) -> list[tuple[str, dict, float]]:
     return out
 
 
+def spread(total: int, t0: float, t1: float, window_s: float) -> list[tuple[int, int]]:
+    """`total` bytes moved evenly over [t0, t1], as (window index, bytes) of the windows it overlaps.
+
+    Whole bytes that sum to `total` exactly (each window gets the rounded cumulative share at its end).
+    An interval of no length puts everything in the window holding t1.
+    """
+    if total == 0:
+        return []
+    if not t1 > t0:
+        return [(math.floor(t1 / window_s), total)]
+    first, last = math.floor(t0 / window_s), math.floor(t1 / window_s)
+    if last > first and last * window_s >= t1:  # t1 on a boundary: nothing falls in the window it opens
+        last -= 1
+    out, given = [], 0
+    for k in range(first, last + 1):
+        end = min(t1, (k + 1) * window_s) if k < last else t1
+        upto = total if k == last else round(total * (end - t0) / (t1 - t0))
+        if upto != given:
+            out.append((k, upto - given))
+        given = upto
+    return out
+
+
 class Scraper:
+    """Scrapes `urls` on the window grid of a run that started at `t0_ns` (perf_counter_ns) into `sink`."""
+
     def __init__(self, urls: list[str], system: str, sink, window_s: float, t0_ns: int):
         self.urls = urls
         self.system = system
         self.sink = sink
         self.window_s = window_s
         self.t0_ns = t0_ns
-        self.last: dict[tuple, float] = {}
+        self.last: dict[tuple, tuple[float, float]] = {}   # (url, metric, device) -> (t, counter value)
+        self.pending: dict[tuple, int] = {}                 # (url, metric, device, window) -> bytes
         self.failures = 0
 
     def _now(self) -> float:
         return (time.perf_counter_ns() - self.t0_ns) * 1e-9
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        t_prev = self._now()
-        while True:
-            await asyncio.sleep(self.window_s)
-            t = self._now()
-            await asyncio.gather(*(self._scrape(session, url, t_prev, t) for url in self.urls))
-            t_prev = t
+        """Scrape now, then at every window boundary, until cancelled; then write what is pending."""
+        try:
+            k = 0
+            while True:
+                await asyncio.gather(*(self._scrape(session, url) for url in self.urls))
+                k = max(k + 1, math.floor(self._now() / self.window_s) + 1)  # the next deadline not yet past
+                delay = k * self.window_s - self._now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        finally:
+            self.flush()
 
-    async def _scrape(self, session: aiohttp.ClientSession, url: str, t0: float, t1: float) -> None:
+    async def _scrape(self, session: aiohttp.ClientSession, url: str) -> None:
+        sent = self._now()
         try:
             async with asyncio.timeout(max(1.0, self.window_s)):
                 async with session.get(url) as resp:
@@ -73,36 +115,55 @@ class Scraper:
         except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
             self.failures += 1
             return
-        self.take(url, parse(text), t0, t1)
+        self.take(url, parse(text), (sent + self._now()) / 2)
 
-    def take(self, url: str, samples, t0: float, t1: float) -> None:
+    def take(self, url: str, samples, t: float) -> None:
+        """One scrape of `url` whose counters were read at time `t` (seconds from the run's start)."""
         node = urlparse(url).netloc or url
-        links = {k: [] for k in ("system", "t_start", "t_end", "node", "link", "direction", "bytes", "traffic")}
         running = waiting = None
         for name, labels, value in samples:
-            if name.endswith("_bytes_total") and ("device" in labels or "interface" in labels):
+            if name.endswith("_bytes_total"):
                 dev = labels.get("device") or labels.get("interface")
+                if not dev:
+                    continue  # no link to put the bytes on
                 key = (url, name, dev)
                 prev = self.last.get(key)
-                self.last[key] = value
-                if prev is None or value < prev or not math.isfinite(value):
-                    continue  # first sample, or a counter reset
-                links["system"].append(self.system)
-                links["t_start"].append(t0)
-                links["t_end"].append(t1)
-                links["node"].append(node)
-                links["link"].append(re.sub(r"[^a-z0-9_:.-]", "_", dev.lower()))
-                links["direction"].append("rx" if ("receive" in name or "_rx" in name or "read" in name) else "tx")
-                links["bytes"].append(int(value - prev))
-                links["traffic"].append("other")
+                if not math.isfinite(value):
+                    continue
+                self.last[key] = (t, value)
+                if prev is None or value < prev[1]:
+                    continue  # the first sample, or a counter reset
+                for k, nbytes in spread(int(value - prev[1]), prev[0], t, self.window_s):
+                    self.pending[(*key, k)] = self.pending.get((*key, k), 0) + nbytes
             elif name in RUNNING:
                 running = (running or 0) + value
             elif name in WAITING:
                 waiting = (waiting or 0) + value
-        if links["bytes"]:
-            self.sink.links(links)
+        self._write_links(lambda u, k: u == url and (k + 1) * self.window_s <= t)
         if running is not None or waiting is not None:
             self.sink.engines({
-                "system": [self.system], "t": [t1], "engine": [node], "role": ["server"],
+                "system": [self.system], "t": [t], "engine": [node], "role": ["server"],
                 "batch_requests": [int(running or 0)], "batch_tokens": [0], "attention_s": [math.nan],
                 "step_s": [math.nan], "queued_tokens": [int(waiting or 0)], "read_queue_tokens": [0]})
+
+    def flush(self) -> None:
+        """Write every pending window (the run is over: the last ones hold what was measured of them)."""
+        self._write_links(lambda u, k: True)
+
+    def _write_links(self, done) -> None:
+        ready = sorted((key for key in self.pending if done(key[0], key[3])), key=lambda key: (key[3], key[:3]))
+        if not ready:
+            return
+        rows = {c: [] for c in LINK_COLUMNS}
+        for key in ready:
+            url, name, dev, k = key
+            nbytes = self.pending.pop(key)
+            rows["system"].append(self.system)
+            rows["t_start"].append(k * self.window_s)
+            rows["t_end"].append((k + 1) * self.window_s)
+            rows["node"].append(urlparse(url).netloc or url)
+            rows["link"].append(re.sub(r"[^a-z0-9_:.-]", "_", dev.lower()))
+            rows["direction"].append("rx" if ("receive" in name or "_rx" in name or "read" in name) else "tx")
+            rows["bytes"].append(nbytes)
+            rows["traffic"].append("other")
+        self.sink.links(rows)

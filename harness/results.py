@@ -291,6 +291,19 @@ def new_run_dir(root: str | os.PathLike, name: str, now: dt.datetime | None = No
     raise InputError("too many runs with the same name and second", path=str(root))
 
 
+def claim_run_dir(run_dir: str | os.PathLike, scenario: dict) -> Path:
+    """Make `run_dir` this run's (refusing one that holds a run already) and write its scenario.yaml."""
+    path = Path(run_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the results directory ({exc.strerror})", path=str(path)) from None
+    if (path / "scenario.yaml").exists():
+        raise InputError("already holds a run (scenario.yaml exists); use a new directory", path=str(path))
+    dump_scenario(scenario, path / "scenario.yaml")
+    return path
+
+
 # ----- metadata -------------------------------------------------------------------------------------
 def _versions() -> dict:
     from importlib import metadata
@@ -354,12 +367,7 @@ class ResultsWriter:
     """Writes one run's results directory as the run goes (see module docstring)."""
 
     def __init__(self, run_dir: str | os.PathLike, scenario: dict, meta_extra: dict | None = None):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (self.run_dir / "scenario.yaml").exists():
-            raise InputError("already holds a run (scenario.yaml exists); use a new directory",
-                             path=str(self.run_dir))
-        dump_scenario(scenario, self.run_dir / "scenario.yaml")
+        self.run_dir = claim_run_dir(run_dir, scenario)
         self.scenario = scenario
         self.window_s = float((scenario.get("telemetry") or {}).get("window_s", 1.0))
         self.slo = scenario.get("slo")

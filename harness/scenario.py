@@ -11,6 +11,11 @@ Rules beyond the per-key types:
 - `model`, `hardware`, `cluster` and `sim` describe our engines: required (model, hardware,
   cluster.prefill_nodes/decode_nodes) for sim and live, allowed (ignored) for http, so one file can be
   run on several backends; `endpoint` and `max_concurrency` describe an external server: http only;
+- a key is a plain name (not a list or mapping); an alias may not contain itself; seeds are integers
+  >= 0; `telemetry.window_s` is at least 1 ms; `sim` keys are the simulator's constants
+  (engines/spec/constants.py), checked here so that a wrong one is blamed on its line or on `--set`;
+- `arrival.mode: trace` needs a trace with timestamps (a synthetic trace has none); `capacity`
+  rates are checked against harness/capacity.py's defaults for the ones not given;
 - defaults filled: backend sim, systems [basic, dualpath] ([external] for http), arrival offline,
   trace.format auto, telemetry.window_s 1.0, seed 1, synth and arrival seeds = seed, gamma shape 1.0,
   trace time_scale 1.0, endpoint.ignore_eos true. Other optional keys stay absent when not given.
@@ -32,13 +37,16 @@ from traces.presets import PRESETS
 from traces.synth import SynthParams, params_with
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("sim", "live", "http")
+BACKENDS = ("sim", "http")  # the ones this version runs (DESIGN.md also plans `live`)
+UNAVAILABLE_BACKENDS = {"live": "a local cluster the harness starts"}
 SYSTEMS = ("basic", "layerwise", "dualpath-rr", "dualpath", "oracle")
 DEFAULT_SYSTEMS = {"sim": ["basic", "dualpath"], "live": ["basic", "dualpath"], "http": ["external"]}
 ARRIVAL_MODES = ("offline", "poisson", "gamma", "constant", "trace")
 RATE_MODES = ("poisson", "gamma", "constant")
 PROFILE_DIRS = {"model": "scenarios/models", "hardware": "scenarios/hardware"}
 SET_SOURCE = "--set"
+MAX_YAML_VALUES = 100_000  # a scenario holds a few hundred; more is an alias bomb
+MIN_WINDOW_S = 1e-3  # telemetry windows: every window is a row per link, so 1e-7 s would never end
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME_DOC = "letters, digits, '.', '_', '-'"
 URL_PATTERN = r"https?://\S+"
@@ -55,13 +63,17 @@ class _Kind:
 
 class Str(_Kind):
     def __init__(self, choices: Sequence[str] | None = None, pattern: str | None = None,
-                 pattern_doc: str | None = None):
+                 pattern_doc: str | None = None, unavailable: dict[str, str] | None = None):
         self.choices, self.pattern, self.pattern_doc = choices, pattern, pattern_doc
+        self.unavailable = unavailable or {}
         self.what = f"one of {', '.join(choices)}" if choices else (pattern_doc or "a string")
 
     def check(self, value, key, ctx):
         if not isinstance(value, str):
             ctx.fail(key, f"must be {self.what}, got {_show(value)}")
+        if value in self.unavailable:
+            ctx.fail(key, f"{value!r} ({self.unavailable[value]}) is not available in this version "
+                     f"(allowed: {', '.join(self.choices or ())})")
         if self.choices is not None and value not in self.choices:
             ctx.fail(key, f"must be one of {', '.join(self.choices)}, got {_show(value)}{_hint(value, self.choices)}")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
@@ -78,13 +90,20 @@ class Number(_Kind):
         self.what = f"{noun} in ({gt:g}, {lt:g})" if gt is not None and lt is not None else " ".join([noun, *bounds])
 
     def check(self, value, key, ctx):
-        fits = isinstance(value, int) if self.integer else isinstance(value, (int, float)) and math.isfinite(value)
+        fits = isinstance(value, int) if self.integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not fits:
             ctx.fail(key, f"must be {self.what}, got {_show(value)}{_number_text_hint(value)}")
+        if not self.integer:
+            try:
+                value = float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                ctx.fail(key, f"must be {self.what}, got an integer too large for a number")
+            if not math.isfinite(value):
+                ctx.fail(key, f"must be {self.what}, got {value}")
         if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
                 or (self.lt is not None and not value < self.lt)):
             ctx.fail(key, f"must be {self.what}, got {value}")
-        return value if self.integer else float(value)
+        return value
 
 
 def Int(minimum: int | None = None) -> Number:  # noqa: N802 (reads like the other kinds)
@@ -167,7 +186,7 @@ class ScalarMapping(FreeMapping):
 
 
 def _synth_fields() -> dict[str, _Kind]:
-    fields: dict[str, _Kind] = {"preset": Str(choices=tuple(PRESETS)), "agents": Int(1), "seed": Int()}
+    fields: dict[str, _Kind] = {"preset": Str(choices=tuple(PRESETS)), "agents": Int(1), "seed": Int(0)}
     for f in SynthParams.__dataclass_fields__.values():
         fields[f.name] = Number(integer=f.type in ("int", int))
     return fields
@@ -176,7 +195,7 @@ def _synth_fields() -> dict[str, _Kind]:
 SCHEMA = Mapping({
     "name": Str(pattern=NAME_PATTERN, pattern_doc=f"a name of {NAME_DOC}"),
     "description": Str(),
-    "backend": Str(choices=BACKENDS),
+    "backend": Str(choices=BACKENDS, unavailable=UNAVAILABLE_BACKENDS),
     "trace": Mapping({
         "synth": Mapping(_synth_fields(), required=("preset", "agents")),
         "path": Str(),
@@ -190,11 +209,11 @@ SCHEMA = Mapping({
                         "decode_group_nodes": Int(1), "dram_buffer_gb": Number(gt=0)}),
     "systems": ListOf(Str(pattern=NAME_PATTERN, pattern_doc=f"a system name of {NAME_DOC}")),
     "arrival": Mapping({"mode": Str(choices=ARRIVAL_MODES), "rate_aps": Number(gt=0), "shape": Number(gt=0),
-                        "time_scale": Number(gt=0), "seed": Int()}),
+                        "time_scale": Number(gt=0), "seed": Int(0)}),
     "slo": Mapping({"ttft_s": Number(gt=0), "tpot_s": Number(gt=0), "e2e_s": Number(gt=0),
                     "percentile": Number(gt=0, lt=100)}),
-    "telemetry": Mapping({"window_s": Number(gt=0)}),
-    "seed": Int(),
+    "telemetry": Mapping({"window_s": Number(ge=MIN_WINDOW_S)}),
+    "seed": Int(0),
     "sim": ScalarMapping(),
     "endpoint": Mapping({"url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC), "model": Str(),
                          "api_key_env": Str(), "reset_url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC),
@@ -204,8 +223,8 @@ SCHEMA = Mapping({
     "max_concurrency": Int(1),
     "capacity": Mapping({"rate_aps_start": Number(gt=0), "rate_aps_max": Number(gt=0),
                          "tolerance": Number(gt=0), "warmup_s": Number(ge=0), "window_s": Number(gt=0),
-                         "max_probes": Int(1)}),
-    "report": FreeMapping(),
+                         "max_probes": Int(1), "horizon_s": Number(gt=0), "lookback_s": Number(gt=0),
+                         "max_horizon_s": Number(gt=0)}),
 }, required=("name", "trace"))
 
 
@@ -230,6 +249,23 @@ def _show(value) -> str:
 def _hint(word, allowed) -> str:
     close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# What PyYAML's constructors raise, besides YAMLError, on a scalar its tag does not fit: `2024-13-45` (a date
+# with month 13), a 5,000-digit integer, `!!float abc`, `!!float ` (IndexError), `!!bool x` (KeyError),
+# `!!timestamp x` (AttributeError).
+CONSTRUCTOR_ERRORS = (ValueError, OverflowError, IndexError, KeyError, AttributeError, TypeError)
+
+
+def _constructor_problem(exc: BaseException, tag: str | None = None) -> str:
+    if isinstance(exc, (ValueError, OverflowError)) and str(exc):
+        return str(exc).split(";")[0].splitlines()[0]
+    tag = (tag or "").replace("tag:yaml.org,2002:", "!!")
+    return f"not a valid {tag} value" if tag else "not a value its tag allows"
 
 
 def _number_text_hint(value) -> str:
@@ -264,40 +300,83 @@ class _Context:
 
 # ----- YAML with line numbers ----------------------------------------------------------------------
 def _compose(text: str, path: str) -> tuple[Any, dict[str, tuple[str, int]]]:
-    """Parse YAML, returning the data and the line of every key (and list item)."""
+    """Parse YAML, returning the data and the line of every key (and list item).
+
+    Everything YAML allows but a scenario cannot hold is an InputError at its line: a key that is a list
+    or mapping (`? [a, b]`), an alias inside the value it names (`&t {x: [*t]}`), aliases expanding to
+    more than MAX_YAML_VALUES values, nesting too deep to parse, and scalars the YAML constructors
+    reject (`2024-13-45`, `!!float abc`).
+    """
     loader = yaml.SafeLoader(text)
     origins: dict[str, tuple[str, int]] = {}
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, origins
-        origins[""] = (path, root.start_mark.line + 1)
+    inside: set[int] = set()  # the collection nodes being built (an alias of one of them is a cycle)
+    built = 0
 
-        def build(node, key: str):
+    def fail(problem: str, key: str, node, at_key: bool = True) -> InputError:
+        """The error at the key's line (or, `at_key=False` or unknown, at the node's own line)."""
+        line = origins[key][1] if at_key and key in origins else node.start_mark.line + 1
+        return InputError(problem, path=path, line=line, field=key or None)
+
+    def scalar(node, key: str):
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except CONSTRUCTOR_ERRORS as exc:  # PyYAML's constructors on values their tag does not fit
+            raise fail(f"invalid YAML value {_clip(node.value)} ({_constructor_problem(exc, node.tag)})", key,
+                       node, at_key=False) from None
+
+    def build(node, key: str):
+        nonlocal built
+        built += 1
+        if built > MAX_YAML_VALUES:
+            raise fail(f"more than {MAX_YAML_VALUES:,} values (aliases expanding to that many?)", key, node)
+        if isinstance(node, yaml.ScalarNode):
+            return scalar(node, key)
+        if id(node) in inside:
+            raise fail("a YAML alias inside the value it names (a value that contains itself)", key, node)
+        inside.add(id(node))
+        try:
             if isinstance(node, yaml.MappingNode):
-                seen = set()
-                for k_node, _ in node.value:
-                    if isinstance(k_node, yaml.ScalarNode) and k_node.tag != "tag:yaml.org,2002:merge":
-                        if k_node.value in seen:
-                            raise InputError(f"duplicate key {k_node.value!r}", path=path,
-                                             line=k_node.start_mark.line + 1, field=key or None)
-                        seen.add(k_node.value)
-                loader.flatten_mapping(node)
-                out = {}
-                for k_node, v_node in node.value:
-                    k = loader.construct_object(k_node, deep=True)
-                    name = _join(key, str(k))
-                    origins[name] = (path, k_node.start_mark.line + 1)
-                    out[k] = build(v_node, name)
-                return out
+                return build_mapping(node, key)
             if isinstance(node, yaml.SequenceNode):
                 items = []
                 for i, item in enumerate(node.value):
                     origins[f"{key}[{i}]"] = (path, item.start_mark.line + 1)
                     items.append(build(item, f"{key}[{i}]"))
                 return items
-            return loader.construct_object(node, deep=True)
+            return scalar(node, key)
+        finally:
+            inside.discard(id(node))
 
+    def build_mapping(node, key: str) -> dict:
+        seen = set()
+        for k_node, _ in node.value:
+            if not isinstance(k_node, yaml.ScalarNode):
+                raise InputError("a key must be a plain name, not a list or mapping", path=path,
+                                 line=k_node.start_mark.line + 1, field=key or None)
+            if k_node.tag != "tag:yaml.org,2002:merge":
+                if k_node.value in seen:
+                    raise InputError(f"duplicate key {k_node.value!r}", path=path,
+                                     line=k_node.start_mark.line + 1, field=key or None)
+                seen.add(k_node.value)
+        loader.flatten_mapping(node)
+        out = {}
+        for k_node, v_node in node.value:
+            if not isinstance(k_node, yaml.ScalarNode):  # from a merged mapping
+                raise InputError("a key must be a plain name, not a list or mapping", path=path,
+                                 line=k_node.start_mark.line + 1, field=key or None)
+            k = scalar(k_node, key)
+            name = _join(key, str(k))
+            origins[name] = (path, k_node.start_mark.line + 1)
+            out[k] = build(v_node, name)
+        return out
+
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, origins
+        origins[""] = (path, root.start_mark.line + 1)
         return build(root, ""), origins
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -306,6 +385,9 @@ def _compose(text: str, path: str) -> tuple[Any, dict[str, tuple[str, int]]]:
                          line=None if mark is None else mark.line + 1) from None
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML: {exc}", path=path) from None
+    except RecursionError:  # nesting thousands deep, or a merge key (<<) naming its own mapping
+        raise InputError("invalid YAML: nested too deeply, or an alias inside the value it names",
+                         path=path) from None
     finally:
         loader.dispose()
 
@@ -344,6 +426,11 @@ def apply_overrides(data: dict, origins: dict, overrides: Sequence[str]) -> None
         except yaml.YAMLError as exc:
             raise InputError(f"value is not valid YAML ({str(exc).splitlines()[0]})", path=SET_SOURCE,
                              field=key) from None
+        except CONSTRUCTOR_ERRORS as exc:  # PyYAML's constructors on values their tag does not fit
+            raise InputError(f"value is not valid YAML ({_constructor_problem(exc)})", path=SET_SOURCE,
+                             field=key) from None
+        except RecursionError:
+            raise InputError("value is not valid YAML (nested too deeply)", path=SET_SOURCE, field=key) from None
         kind: _Kind = SCHEMA
         node = data
         for depth, part in enumerate(parts):
@@ -483,6 +570,9 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
     if mode == "gamma":
         arrival.setdefault("shape", 1.0)
     if mode == "trace":
+        if "synth" in trace:
+            ctx.fail("arrival.mode", "trace replays the trace's timestamps, and a synthetic trace has none "
+                     f"(with trace.synth: {', '.join(m for m in ARRIVAL_MODES if m != 'trace')})")
         arrival.setdefault("time_scale", 1.0)
     arrival.setdefault("seed", s["seed"])
 
@@ -499,10 +589,45 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
             ctx.fail("endpoint", "required for backend http (url, model, ...)")
         s["endpoint"].setdefault("ignore_eos", True)
 
-    capacity = s.get("capacity")
-    if capacity and capacity.get("rate_aps_start", 0) > capacity.get("rate_aps_max", math.inf):
-        ctx.fail("capacity.rate_aps_start", f"must be <= capacity.rate_aps_max ({capacity['rate_aps_max']:g})")
+    if "sim" in s:
+        _check_sim(s["sim"], ctx)
+    if "capacity" in s:
+        _check_capacity(s["capacity"], ctx)
     return {k: s[k] for k in SCHEMA.fields if k in s}  # schema order
+
+
+def _check_sim(sim: dict, ctx: _Context) -> None:
+    """Each `sim` key is a simulator constant with a value it takes (the same check the simulator makes)."""
+    from engines.spec.constants import SimConstants
+
+    for name, value in sim.items():
+        try:
+            SimConstants().with_overrides({name: value})
+        except InputError as exc:
+            ctx.fail(exc.field or f"sim.{name}", exc.problem)
+        except OverflowError:  # an integer of hundreds of digits
+            ctx.fail(f"sim.{name}", "expected a number, got an integer too large for a number")
+
+
+def _check_capacity(capacity: dict, ctx: _Context) -> None:
+    """The search's rates and horizon fit together, counting harness/capacity.py's defaults for keys not given."""
+    from harness.capacity import DEFAULTS, settings
+
+    def value(k: str) -> tuple[float, str]:
+        return (capacity[k], "") if k in capacity else (DEFAULTS[k], ", the default")
+
+    (start, start_note), (top, top_note) = value("rate_aps_start"), value("rate_aps_max")
+    if start > top:
+        if "rate_aps_start" in capacity:
+            ctx.fail("capacity.rate_aps_start", f"must be <= capacity.rate_aps_max ({top:g}{top_note})")
+        ctx.fail("capacity.rate_aps_max", f"must be >= capacity.rate_aps_start ({start:g}{start_note})")
+    warmup, warmup_note = value("warmup_s")
+    if "horizon_s" in capacity and capacity["horizon_s"] <= warmup:
+        ctx.fail("capacity.horizon_s", f"must be > capacity.warmup_s ({warmup:g} s{warmup_note}): requests "
+                 "are judged between the two")
+    horizon = settings({"capacity": capacity})["horizon_s"]
+    if "max_horizon_s" in capacity and capacity["max_horizon_s"] < horizon:
+        ctx.fail("capacity.max_horizon_s", f"must be >= the horizon ({horizon:g} s): a probe runs at least that long")
 
 
 # ----- public API ----------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class Reply:
     token_ids: bool = True              # send choices[0].token_ids when the request asks for them
     text: bool = True                   # send choices[0].text
     status: int = 200                   # anything else: an HTTP error with a JSON body
+    echo_auth: bool = False             # the error body quotes the request's Authorization header
     answer_delay_s: float = 0.0         # after admission, before anything is sent
     malformed_at: int | None = None     # chunk k is a data line that is not JSON
     end_after: int | None = None        # the body ends cleanly after k chunks: no usage, no [DONE]
@@ -364,7 +365,10 @@ class ScriptedServer:
             await asyncio.sleep(reply.answer_delay_s)
         if reply.status != 200:
             rec.outcome = "http_error"
-            _respond(writer, reply.status, json.dumps({"error": {"message": f"scripted failure {reply.status}",
+            message = f"scripted failure {reply.status}"
+            if reply.echo_auth:
+                message += f" for Authorization: {rec.headers.get('authorization')}"
+            _respond(writer, reply.status, json.dumps({"error": {"message": message,
                                                                   "type": "server_error"}}).encode(), keep)
             await writer.drain()
             return keep

@@ -545,6 +545,20 @@ def test_nothing_listening_ends_the_run_after_the_abort_threshold(cli, tmp_path)
     assert summary["status"] == "ok"
 
 
+def test_an_endpoint_that_refuses_every_request_ends_the_run_and_the_key_is_never_recorded():
+    """HTTP 401 on every request (a wrong key) fails the same way forever: the run ends after the abort
+    threshold, like a dead endpoint; the key the server echoes back never reaches the records."""
+    key = "sk-test-" + uuid.uuid4().hex
+    trace = small_trace(8, seed=2)
+    with ScriptedServer(Reply(status=401, echo_auth=True)) as srv:
+        run = drive(srv.url, trace, start_s=np.arange(8) * 0.01, api_key=key, abort_after_errors=5)
+    req = run.requests
+    assert run.facts["driver"]["aborted"].startswith("endpoint refuses the requests: 5 consecutive HTTP 401")
+    assert key not in run.facts["driver"]["aborted"]
+    assert 5 <= len(req) < trace.num_rounds and (req["http_status"] == 401).all()
+    assert all(key not in e and "Bearer <api key>" in e for e in req["error"])
+
+
 def test_an_abort_does_not_wait_for_agents_scheduled_later():
     trace = small_trace(4, seed=1, turns_mean=8, append_mean=50, gen_mean=10)
     t0 = time.perf_counter()

@@ -171,13 +171,28 @@ def test_slo_attainment_goodput_and_percentile_judgement():
     slo = {"ttft_s": 1.0, "tpot_s": 0.15}
     s = summarize_system(_requests(), None, None, None, slo, 1.0)["slo"]
     # request 0: ttft 1, tpot .1 -> met; 1: ttft 1, tpot .1 -> met; 2: ttft 2 -> missed;
-    # 3: ttft .5 and a single output token (TPOT counts as met) -> met
-    assert s["good_requests"] == 3 and s["attainment"] == 0.75 and s["goodput_rps"] == 0.75
-    assert s["judged_at"] == "mean" and s["met"] is False  # mean TTFT 1.125 > 1
-    assert _close(s["values"]["ttft_s"], 1.125)
+    # 3: ttft .5 and a single output token (TPOT counts as met) -> met; 4 failed -> missed
+    assert s["good_requests"] == 3 and s["failed_requests"] == 1 and s["attainment"] == 0.6
+    assert s["goodput_rps"] == 0.75
+    assert s["judged_at"] == "mean" and s["met"] is False and s["values"]["ttft_s"] == math.inf
     p50 = summarize_system(_requests(), None, None, None, {**slo, "percentile": 50}, 1.0)["slo"]
+    # TTFT 0.5, 1, 1, 2 and the failure as inf: the 3rd of 5 is 1.0
     assert p50["judged_at"] == "p50" and p50["met"] is True and _close(p50["values"]["ttft_s"], 1.0)
+    p90 = summarize_system(_requests(), None, None, None, {**slo, "percentile": 90}, 1.0)["slo"]
+    assert p90["met"] is False and p90["values"]["ttft_s"] == math.inf
+    all_ok = summarize_system(_requests(status=["ok"] * 4 + ["cancelled"]), None, None, None, slo, 1.0)["slo"]
+    assert all_ok["attainment"] == 0.75 and _close(all_ok["values"]["ttft_s"], 1.125)  # cancelled: not judged
     assert summarize_system(_requests(), None, None, None, {}, 1.0)["slo"] is None
+
+
+def test_timeouts_fail_the_slo_they_would_otherwise_pass():
+    n = 10
+    req = pd.DataFrame({"round": [0] * n, "t_scheduled": [0.0] * n, "t_sent": [0.0] * n,
+                        "t_first_token": [0.1] * 5 + [np.nan] * 5, "t_second_token": [np.nan] * n,
+                        "t_done": [0.2] * 5 + [np.nan] * 5, "output_tokens": [2] * 5 + [0] * 5,
+                        "status": ["ok"] * 5 + ["timeout"] * 5})
+    s = summarize_system(req, None, None, None, {"ttft_s": 1.0}, 1.0)["slo"]
+    assert s["met"] is False and s["attainment"] == 0.5 and s["failed_requests"] == 5
 
 
 def test_itl_list_column_is_flattened():

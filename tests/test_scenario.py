@@ -99,8 +99,9 @@ def test_model_and_hardware_may_be_paths(repo):
 
 
 def test_dump_then_load_gives_the_same_scenario(repo, tmp_path):
-    s = load(repo, BASE + "slo: {ttft_s: 4, tpot_s: 0.05, percentile: 99}\nreport: {figures: [jct]}\n"
-             "sim: {link_efficiency: 0.9, mode: fast}\ncapacity: {rate_aps_start: 1, rate_aps_max: 8, max_probes: 5}\n")
+    s = load(repo, BASE + "slo: {ttft_s: 4, tpot_s: 0.05, percentile: 99}\n"
+             "sim: {snic_efficiency: 0.9, read_parallelism: 4}\n"
+             "capacity: {rate_aps_start: 1, rate_aps_max: 8, max_probes: 5, horizon_s: 900}\n")
     out = tmp_path / "resolved.yaml"
     dump_scenario(s, out)
     assert load_scenario(out, repo_root=repo) == s
@@ -116,7 +117,7 @@ def test_dump_then_load_gives_the_same_scenario(repo, tmp_path):
     (BASE.replace("decode_nodes: 2", "decode_nodes: two"), "cluster.decode_nodes", 8, ["an integer >= 1", "'two'"]),
     (BASE.replace("decode_nodes: 2", "decode_nodes: 0"), "cluster.decode_nodes", 8, [">= 1, got 0"]),
     (BASE.replace("decode_nodes: 2", "decode_nodes: true"), "cluster.decode_nodes", 8, ["an integer"]),
-    (BASE + "backend: simulator\n", "backend", 9, ["one of sim, live, http", "'simulator'"]),
+    (BASE + "backend: simulator\n", "backend", 9, ["one of sim, http", "'simulator'"]),
     (BASE + "systems:\n  - basic\n  - dualpth\n", "systems[1]", 11,
      ["one of basic, layerwise, dualpath-rr, dualpath, oracle", "did you mean dualpath?"]),
     (BASE + "systems: [basic, basic]\n", "systems[1]", 9, ["listed twice"]),
@@ -128,12 +129,12 @@ def test_dump_then_load_gives_the_same_scenario(repo, tmp_path):
     (BASE + "arrival: {mode: constant, rate_aps: -1}\n", "arrival.rate_aps", 9, ["a number > 0, got -1"]),
     (BASE + "slo:\n  ttft_s: 4\n  percentile: 100\n", "slo.percentile", 11, ["in (0, 100)"]),
     (BASE + "slo: {percentile: 99}\n", "slo.percentile", 9, ["at least one target"]),
-    (BASE + "telemetry: {window_s: .nan}\n", "telemetry.window_s", 9, ["a number > 0"]),
+    (BASE + "telemetry: {window_s: .nan}\n", "telemetry.window_s", 9, ["a number >= 0.001"]),
     (BASE + "endpoint: {url: 'http://x'}\n", "endpoint", 9, ["only for backend http"]),
     (BASE + "max_concurrency: 4\n", "max_concurrency", 9, ["only for backend http"]),
     (BASE + "sim: {a: [1, 2]}\n", "sim.a", 9, ["a scalar"]),
     (BASE + "capacity: {rate_aps_start: 9, rate_aps_max: 8}\n", "capacity.rate_aps_start", 9, ["<= capacity"]),
-    (BASE + "report: [a]\n", "report", 9, ["a mapping"]),
+    (BASE + "report: {figures: [jct]}\n", "report", 9, ["unknown key", "allowed: name,"]),
     (BASE.replace("name: unit", "name: my run"), "name", 1, ["letters, digits"]),
     (BASE.replace("name: unit\n", ""), "name", 1, ["required"]),  # missing: where the mapping starts
     (BASE.replace("model: tiny\n", ""), "model", 1, ["required for backend sim", "scenarios/models/"]),
@@ -207,10 +208,9 @@ def test_any_unknown_cluster_key_is_reported_at_its_line(tmp_path_factory, key, 
 # ----- --set ----------------------------------------------------------------------------------------
 def test_set_overrides_lists_nested_values_and_new_mappings(repo):
     s = load(repo, BASE, ["systems=[basic,dualpath,oracle]", "trace.synth.agents=512", "slo.ttft_s=3",
-                          "sim.link_efficiency=0.8", "report.figures.dpi=100", "seed=5", "backend=live"])
+                          "sim.snic_efficiency=0.8", "seed=5", "backend=sim"])
     assert s["systems"] == ["basic", "dualpath", "oracle"] and s["trace"]["synth"]["agents"] == 512
-    assert s["slo"] == {"ttft_s": 3.0} and s["sim"] == {"link_efficiency": 0.8}
-    assert s["report"] == {"figures": {"dpi": 100}} and s["backend"] == "live"
+    assert s["slo"] == {"ttft_s": 3.0} and s["sim"] == {"snic_efficiency": 0.8} and s["backend"] == "sim"
     assert s["trace"]["synth"]["seed"] == 5 and s["arrival"]["seed"] == 5  # defaults follow the seed
 
 
@@ -283,3 +283,200 @@ def test_resolve_profile_errors_list_names_and_locate_bad_files(repo):
 
 def test_every_system_name_is_accepted_for_our_backends(repo):
     assert load(repo, BASE, [f"systems=[{','.join(SYSTEMS)}]"])["systems"] == list(SYSTEMS)
+
+
+# ----- review findings: keys the code reads, cross-checks with defaults, YAML the loader must refuse ------
+def test_capacity_horizon_is_a_key(repo):
+    s = load(repo, BASE + "capacity: {horizon_s: 1200}\n")
+    assert s["capacity"] == {"horizon_s": 1200.0}
+    e = error(repo, BASE + "capacity: {horizon_s: 0}\n")
+    assert (e.field, e.line) == ("capacity.horizon_s", 9) and "a number > 0" in e.problem
+
+
+@pytest.mark.parametrize("capacity, field, words", [
+    ("{rate_aps_max: 0.01}", "capacity.rate_aps_max", [">= capacity.rate_aps_start (0.05, the default)"]),
+    ("{rate_aps_start: 30}", "capacity.rate_aps_start", ["<= capacity.rate_aps_max (20, the default)"]),
+    ("{rate_aps_start: 9, rate_aps_max: 8}", "capacity.rate_aps_start", ["<= capacity.rate_aps_max (8)"]),
+    ("{horizon_s: 600}", "capacity.horizon_s", ["> capacity.warmup_s (600 s, the default)"]),
+    ("{warmup_s: 100, horizon_s: 50}", "capacity.horizon_s", ["> capacity.warmup_s (100 s)"]),
+])
+def test_capacity_cross_checks_count_the_defaults(repo, capacity, field, words):
+    from harness.capacity import DEFAULTS
+
+    assert DEFAULTS["rate_aps_start"] == 0.05 and DEFAULTS["rate_aps_max"] == 20  # what the words say
+    e = error(repo, BASE + f"capacity: {capacity}\n")
+    assert (e.field, e.line) == (field, 9), e.render()
+    for word in words:
+        assert word in e.problem, e.render()
+
+
+@settings(max_examples=30, deadline=None)
+@given(start=st.floats(0.001, 50), top=st.one_of(st.none(), st.floats(0.001, 50)))
+def test_capacity_rates_load_exactly_when_start_is_at_most_max(tmp_path_factory, start, top):
+    from harness.capacity import DEFAULTS
+
+    repo = tmp_path_factory.mktemp("r")
+    (repo / "scenarios" / "models").mkdir(parents=True)
+    (repo / "scenarios" / "hardware").mkdir(parents=True)
+    (repo / "scenarios" / "models" / "tiny.yaml").write_text("a: 1\n")
+    (repo / "scenarios" / "hardware" / "box.yaml").write_text("a: 1\n")
+    given_max = "" if top is None else f", rate_aps_max: {top!r}"
+    text = BASE + f"capacity: {{rate_aps_start: {start!r}{given_max}}}\n"
+    if start <= (DEFAULTS["rate_aps_max"] if top is None else top):
+        assert load(repo, text)["capacity"]["rate_aps_start"] == start
+    else:
+        assert error(repo, text).field == "capacity.rate_aps_start"
+
+
+ANY_LINE = object()
+
+
+@pytest.mark.parametrize("tail, field, line, words", [
+    ("trace_copy: &t {x: [*t]}\n", "trace_copy.x[0]", 9, ["alias inside the value it names"]),
+    ("sim: &t {a: *t}\n", "sim.a", 9, ["alias inside the value it names"]),
+    ("? [a, b]\n: 1\n", "", 9, ["a key must be a plain name"]),
+    ("cluster2:\n  ? {a: 1}\n  : 2\n", "cluster2", 10, ["a key must be a plain name"]),
+    ("x: 2024-13-45\n", "x", 9, ["invalid YAML value '2024-13-45'", "month"]),
+    ("x: !!float abc\n", "x", 9, ["invalid YAML value 'abc'"]),
+    ("x: " + "9" * 5000 + "\n", "x", 9, ["invalid YAML value '99999", "4300 digits"]),
+    ("x: " + "[" * 3000 + "]" * 3000 + "\n", "", None, ["nested too deeply"]),
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+     "e[", ANY_LINE, ["more than 100,000 values"]),  # a billion laughs, cut short
+    ("arrival: {mode: poisson, rate_aps: 1" + "0" * 400 + "}\n", "arrival.rate_aps", 9,
+     ["a number > 0, got an integer too large"]),
+    ("arrival: {mode: poisson, rate_aps: 1, seed: -5}\n", "arrival.seed", 9, ["an integer >= 0, got -5"]),
+    ("seed: -1\n", "seed", 9, ["an integer >= 0, got -1"]),
+    ("telemetry: {window_s: 1.0e-7}\n", "telemetry.window_s", 9, ["a number >= 0.001"]),
+    ("arrival: {mode: trace}\n", "arrival.mode", 9, ["synthetic trace has none", "offline, poisson, gamma, constant"]),
+    ("backend: live\n", "backend", 9, ["'live'", "not available in this version", "allowed: sim, http"]),
+    ("sim: {snic_eficiency: 0.5}\n", "sim.snic_eficiency", 9, ["unknown simulator constant", "snic_efficiency"]),
+    ("sim: {snic_efficiency: 1" + "0" * 400 + "}\n", "sim.snic_efficiency", 9, ["too large"]),
+])
+def test_yaml_and_values_that_used_to_crash_are_one_located_error(repo, tail, field, line, words):
+    e = error(repo, BASE.replace("trace:\n  synth: {preset: paper-32k, agents: 8}\n",
+                                 "trace:\n  synth: {preset: paper-32k, agents: 8, seed: 0}\n") + tail)
+    assert e.path == str(repo / "scen" / "s.yaml")
+    assert (e.field or "").startswith(field) and (line is ANY_LINE or e.line == line), e.render()
+    for word in words:
+        assert word in e.problem, e.render()
+    assert len(e.render().splitlines()) == 1 and len(e.render()) < 1000
+
+
+def test_synth_seed_must_be_at_least_zero(repo):
+    e = error(repo, BASE.replace("agents: 8}", "agents: 8, seed: -3}"))
+    assert (e.field, e.line) == ("trace.synth.seed", 3) and "an integer >= 0" in e.problem
+    assert load(repo, BASE, ["seed=0"])["arrival"]["seed"] == 0
+
+
+def test_window_of_a_millisecond_is_the_smallest(repo):
+    assert load(repo, BASE + "telemetry: {window_s: 0.001}\n")["telemetry"] == {"window_s": 0.001}
+
+
+@pytest.mark.parametrize("override, field, words", [
+    ("sim.foo=1", "sim.foo", ["unknown simulator constant", "allowed: snic_efficiency"]),
+    ("sim.snic_efficiency=0", "sim.snic_efficiency", ["> 0"]),
+    ("sim.x=2024-13-45", "sim.x", ["not valid YAML", "month"]),
+    ("seed=" + "9" * 5000, "seed", ["not valid YAML", "4300 digits"]),
+    ("arrival.mode=trace", "arrival.mode", ["synthetic trace has none"]),
+    ("backend=live", "backend", ["not available in this version", "allowed: sim, http"]),
+    ("report.when=2024-01-01", "report", ["unknown key"]),
+    ("report={1: a, b: c}", "report", ["unknown key"]),
+    ("capacity.rate_aps_max=0.01", "capacity.rate_aps_max", [">= capacity.rate_aps_start (0.05, the default)"]),
+    ("arrival.seed=-5", "arrival.seed", [">= 0"]),
+    ("telemetry.window_s=1.0e-7", "telemetry.window_s", [">= 0.001"]),
+])
+def test_set_errors_from_review_name_set(repo, override, field, words):
+    e = error(repo, BASE + "sim: {snic_efficiency: 0.5}\n", [override])
+    assert e.path == "--set" and e.field == field and e.line is None, e.render()
+    for word in words:
+        assert word in e.problem, e.render()
+    assert e.render().startswith(f"--set: {field}: ")
+
+
+def test_sim_key_from_the_file_is_blamed_on_its_line(repo):
+    e = error(repo, BASE + "sim:\n  snic_efficiency: 0.5\n  read_paralelism: 4\n")
+    assert (e.path, e.line, e.field) == (str(repo / "scen" / "s.yaml"), 11, "sim.read_paralelism")
+
+
+def test_arrival_trace_is_fine_with_a_trace_file(repo):
+    (repo / "scen").mkdir()
+    (repo / "scen" / "t.jsonl").write_text("")
+    s = load(repo, BASE.replace("synth: {preset: paper-32k, agents: 8}", "path: t.jsonl") + "arrival: {mode: trace}\n")
+    assert s["arrival"] == {"mode": "trace", "time_scale": 1.0, "seed": 1}
+
+
+# Hypothesis: whatever the text of a scenario file, loading it is a scenario or one InputError.
+YAMLISH = st.lists(st.sampled_from(list("ab: -[]{},?|'\"\n#.01e9x") + [
+    "  ", "name", "trace", "synth", "seed", "sim", "!!", "<<", "&t ", "*t", "? ", "2024-13-45", "1" + "0" * 400,
+    "!!float ", "!!int ", "!!bool ", "!!timestamp ", "-1"]), max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tail=YAMLISH)
+def test_any_text_loads_or_is_one_input_error(tmp_path_factory, tail):
+    repo = tmp_path_factory.mktemp("r")
+    path = repo / "s.yaml"
+    path.write_text(BASE + tail)
+    try:
+        load_scenario(path, repo_root=repo)
+    except InputError as exc:
+        assert "\n" not in exc.render()
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["seed", "sim.snic_efficiency", "arrival", "trace.synth", "telemetry.window_s",
+                            "cluster", "capacity", "systems"]), value=YAMLISH)
+def test_any_set_value_loads_or_is_one_input_error(tmp_path_factory, key, value):
+    repo = tmp_path_factory.mktemp("r")
+    path = repo / "s.yaml"
+    path.write_text(BASE)
+    try:
+        load_scenario(path, [f"{key}={value}"], repo_root=repo)
+    except InputError as exc:
+        assert "\n" not in exc.render()
+
+
+# ----- --json: strict JSON whatever the summary holds ---------------------------------------------------
+def test_emit_json_is_strict_json(capsys):
+    import datetime as dt
+    import json
+
+    import numpy as np
+
+    from harness.cli import emit_json
+
+    emit_json({"nan": float("nan"), "inf": np.float64("inf"), "neg": -float("inf"), 1: "one",
+               "when": dt.date(2024, 1, 1), "nested": {2: [np.int64(3), float("nan")], "b": "c"}})
+    out = capsys.readouterr().out
+
+    def refuse(const):
+        raise AssertionError(f"not strict JSON: {const}")
+
+    doc = json.loads(out, parse_constant=refuse)
+    assert doc == {"nan": None, "inf": None, "neg": None, "1": "one", "when": "2024-01-01",
+                   "nested": {"2": [3, None], "b": "c"}}
+
+
+def test_bad_set_with_json_is_one_line_and_nothing_on_stdout(cli, tmp_path):
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
+    for override in ("report.when=2024-01-01", "report={1: a, b: c}", "sim.foo=1"):
+        res = cli("run", scenario, "--set", override, "--json", "-o", tmp_path / "r")
+        assert res.rc == 2 and res.out == "" and len(res.err_lines) == 1, res.err
+        assert res.err_lines[0].startswith("--set: ") and "Traceback" not in res.err
+
+
+def test_capacity_horizons_are_keys_and_fit_together(tmp_path):
+    from harness.scenario import load_scenario
+    base = ("name: c\ntrace: {synth: {preset: paper-32k, agents: 4}}\nslo: {ttft_s: 4}\nmodel: deepseek-27b\n"
+            "hardware: hopper-paper\ncluster: {prefill_nodes: 1, decode_nodes: 1}\n")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base + "capacity: {warmup_s: 10, lookback_s: 60, window_s: 5, max_horizon_s: 200}\n")
+    s = load_scenario(ok)
+    assert s["capacity"]["lookback_s"] == 60 and s["capacity"]["max_horizon_s"] == 200
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "capacity: {warmup_s: 10, lookback_s: 60, window_s: 5, max_horizon_s: 50}\n")
+    with pytest.raises(InputError) as info:
+        load_scenario(bad)
+    assert info.value.field == "capacity.max_horizon_s" and "75" in info.value.problem

@@ -471,6 +471,24 @@ def test_waiting_for_a_full_buffer_is_allocation_and_the_parts_still_add_up():
     assert roomy.alloc_s.sum() == 0
 
 
+def test_an_interrupted_run_hands_over_what_it_recorded(trace):
+    """Ctrl-C mid-run (here: raised by the progress callback after 40 rounds): the 40 finished rounds,
+    the telemetry so far and every agent (unfinished ones `cancelled`) still reach the sink."""
+    done = []
+
+    def progress(n):
+        done.append(n)
+        if len(done) == 40:
+            raise KeyboardInterrupt
+    sink = MemorySink()
+    with pytest.raises(KeyboardInterrupt):
+        simulate(trace, "dualpath", model=DS, hardware=HW, cluster=CLUSTER, sink=sink, progress=progress)
+    req, agents = sink.tables["requests"], sink.tables["agents"]
+    assert len(req["round"]) == 40
+    assert len(agents["agent_id"]) == AGENTS and "cancelled" in agents["status"]
+    assert len(sink.tables["links"]["bytes"]) > 0 and len(sink.tables["engines"]["t"]) > 0
+
+
 def test_a_request_larger_than_decode_hbm_ends_the_run():
     trace = make_trace({"big": [(50_000, 10, 0.0)]})
     with deadline(3.0):
@@ -713,6 +731,19 @@ class TestSharedLink:
         assert self.done == {"a": pytest.approx(3.0), "b": pytest.approx(3.0), "c": pytest.approx(10.5)}
         assert sum(link_bytes(self.net, self.link, "kv_read")) == pytest.approx(35.0)
         assert self.shared.active == 0
+
+    def test_a_remainder_below_the_clocks_resolution_still_finishes(self):
+        """Late in a run (t = 57 s) a read whose last bytes take less than one ulp of the clock at a fast
+        SNIC must finish, not fire at the same instant forever (seen in a capacity probe)."""
+        loop, net = network()
+        link = net.add_link(0, "snic", "rx", 27.4e9)
+        shared = SharedLink(net, link, (), "kv_read")
+        t = 57.06876306806012
+        done = []
+        loop.at(t, lambda: shared.start(1.5e-6, lambda: done.append(loop.now)))
+        with deadline(2.0):
+            loop.run()
+        assert done and done[0] == pytest.approx(t, abs=1e-12) and loop.events < 10
 
     def test_matches_network_flows_on_one_link(self):
         rng = np.random.default_rng(5)

@@ -29,7 +29,8 @@ BEYOND_INT64 = st.one_of(st.integers(2**63, 2**64), st.integers(-(2**64), -(2**6
 BEYOND_FLOAT = st.one_of(st.integers(2**1024, 2**1100), st.just(10**400))  # float() overflows
 COUNT = st.integers(0, 2**40)
 NON_NEGATIVE_NUMBER = st.one_of(st.integers(0, 2**53), st.floats(0, 1e15, allow_nan=False, allow_infinity=False))
-SESSION_ID = st.one_of(st.text(max_size=12), st.integers(-(2**31), 2**31))
+STR_SESSION_ID, INT_SESSION_ID = st.text(max_size=12), st.integers(-(2**31), 2**31)
+SESSION_ID = st.one_of(STR_SESSION_ID, INT_SESSION_ID)  # a file uses one kind: 1 and "1" would be one agent
 JSON_SCALAR = st.one_of(st.none(), st.booleans(), INT64, BEYOND_INT64, st.floats(), st.text(max_size=8))
 JSON_VALUE = st.recursive(JSON_SCALAR, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c,
                                                                                            max_size=4),
@@ -43,7 +44,7 @@ NOT_A_DELAY = NOT_A_NUMBER
 
 # ----- Mooncake rows ------------------------------------------------------------------------------
 @st.composite
-def good_rows(draw, block_size=None, sessions=None):
+def good_rows(draw, block_size=None, sessions=None, session_ids=SESSION_ID):
     """(block size, a valid Mooncake row as decoded JSON)."""
     bs = draw(st.integers(1, 1024)) if block_size is None else block_size
     blocks = draw(st.integers(1, 40))
@@ -54,7 +55,7 @@ def good_rows(draw, block_size=None, sessions=None):
         "hash_ids": draw(st.lists(HASH_ID, min_size=blocks, max_size=blocks)),
     }
     if draw(st.booleans()) if sessions is None else sessions:
-        obj["session_id"] = draw(SESSION_ID)
+        obj["session_id"] = draw(session_ids)
         obj["round"] = draw(st.integers(0, 10**6))
     if draw(st.booleans()):
         obj["delay"] = draw(NON_NEGATIVE_NUMBER)
@@ -239,7 +240,8 @@ def good_files(draw):
     """(block size, rows, file lines with blank lines mixed in, 1-based line of each row)."""
     bs = draw(st.integers(1, 1024))
     sessions = draw(st.booleans())
-    rows = draw(st.lists(good_rows(bs, sessions).map(lambda c: c[1]), min_size=1, max_size=8))
+    ids = draw(st.sampled_from([STR_SESSION_ID, INT_SESSION_ID]))
+    rows = draw(st.lists(good_rows(bs, sessions, ids).map(lambda c: c[1]), min_size=1, max_size=8))
     lines, where = [], []
     for obj in rows:
         lines.extend([""] * draw(st.integers(0, 2)))

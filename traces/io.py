@@ -56,17 +56,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Open a text file for reading, transparently un-gzipping `.gz` files."""
-    p = str(path)
+def _open_bytes(path: str) -> io.BufferedIOBase:
+    """Open a file for reading bytes, transparently un-gzipping `.gz` files."""
     try:
-        if p.endswith(".gz"):
-            return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
-        return open(p, encoding="utf-8")
+        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
     except FileNotFoundError:
-        raise InputError("no such file", path=p) from None
+        raise InputError("no such file", path=path) from None
     except IsADirectoryError:
-        raise InputError("is a directory, not a trace file", path=p) from None
+        raise InputError("is a directory, not a trace file", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})", path=path) from None
+
+
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, decoded JSON value) for every non-blank line of a JSON-lines file (gzipped if `.gz`).
+
+    The one reader of JSON lines (our JSONL traces and Mooncake rows): a read error (a truncated gzip
+    stream, say), bytes that are not UTF-8 and JSON that does not decode are InputErrors naming the line.
+    """
+    p = str(path)
+    with _open_bytes(p) as fh:
+        lines = iter(fh)
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except gzip.BadGzipFile as exc:  # the whole file, not a line
+                raise InputError(f"cannot read ({exc})", path=p) from None
+            except (OSError, EOFError) as exc:
+                raise InputError(f"cannot read ({exc})", path=p, line=lineno) from None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                                 path=p, line=lineno) from None
+            if text.strip():
+                yield lineno, decode_json(text, p, lineno)
+
+
+def decode_json(text: str, path: str | None = None, line: int | None = None):
+    """json.loads, with every way it can fail on bad input turned into an InputError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = exc.msg
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        problem = str(exc).split(";")[0]
+    except RecursionError:
+        problem = "nested too deeply"
+    raise InputError(f"malformed JSON ({problem})", path=path, line=line)
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -79,21 +120,19 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 # ----- format detection ---------------------------------------------------------------------------
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+
+
 def detect_format(path: str | os.PathLike) -> str:
+    """parquet by name; otherwise from the first row: ours if it has an `agent_id` (or the file starts with
+    our header), Mooncake if it has Mooncake's fields."""
     p = str(path)
     if p.endswith(".parquet"):
         return "parquet"
-    with open_text(p) as fh:
-        try:
-            first = fh.readline()
-        except (OSError, UnicodeDecodeError, EOFError) as exc:
-            raise InputError(f"cannot read ({exc})", path=p) from None
-    try:
-        obj = json.loads(first) if first.strip() else {}
-    except json.JSONDecodeError:
-        raise InputError("not JSON (expected a .parquet file or JSON lines)", path=p, line=1) from None
-    if isinstance(obj, dict) and ("input_length" in obj or "hash_ids" in obj or "timestamp" in obj):
-        return "mooncake"
+    for _, obj in json_lines(p):
+        if not isinstance(obj, dict) or JSONL_HEADER_KEY in obj or "agent_id" in obj:
+            return "jsonl"
+        return "mooncake" if any(k in obj for k in MOONCAKE_KEYS) else "jsonl"
     return "jsonl"
 
 
@@ -142,45 +181,42 @@ def _write_jsonl(trace: Trace, path: Path) -> None:
     cols = trace.table.column_names
     data = {c: trace.table.column(c).to_pylist() for c in cols}
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({JSONL_HEADER_KEY: 1, "meta": trace.meta}, sort_keys=True) + "\n")
+        fh.write(json.dumps({JSONL_HEADER_KEY: 1, "meta": trace.meta}, sort_keys=True, allow_nan=False) + "\n")
         for i in range(trace.table.num_rows):
             row = {c: data[c][i] for c in cols}
-            if row.get("arrival_s") is None:
-                row.pop("arrival_s", None)
             if row.get("hash_ids") is None:
                 row.pop("hash_ids", None)
-            fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+            fh.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
 
 
 def _read_jsonl(path: str) -> Trace:
     meta: dict = {}
+    meta_line = 1
     rows: dict[str, list] = {c: [] for c in REQUIRED + OPTIONAL}
     lines: list[int] = []
     seen_optional: set[str] = set()
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"malformed JSON ({exc.msg})", path=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", path=path, line=lineno)
-            if JSONL_HEADER_KEY in obj:
-                meta = dict(obj.get("meta") or {})
-                continue
-            lines.append(lineno)
-            for c in REQUIRED:
-                if c not in obj:
-                    raise InputError("missing field", path=path, line=lineno, field=c)
-                rows[c].append(_check_value(c, obj[c], path, lineno))
-            for c in OPTIONAL:
-                v = obj.get(c)
-                if v is not None:
-                    seen_optional.add(c)
-                    v = _check_value(c, v, path, lineno)
-                rows[c].append(v)
+    id_types = IdTypes("agent_id")
+    for lineno, obj in json_lines(path):
+        if not isinstance(obj, dict):
+            raise InputError("expected a JSON object", path=path, line=lineno)
+        if JSONL_HEADER_KEY in obj:
+            given = obj.get("meta")
+            if given is not None and not isinstance(given, dict):
+                raise InputError(f"expected a JSON object, got {given!r}", path=path, line=lineno, field="meta")
+            meta, meta_line = dict(given or {}), lineno
+            continue
+        lines.append(lineno)
+        for c in REQUIRED:
+            if c not in obj:
+                raise InputError("missing field", path=path, line=lineno, field=c)
+            rows[c].append(_check_value(c, obj[c], path, lineno))
+        id_types.see(obj["agent_id"], path, lineno)
+        for c in OPTIONAL:
+            v = obj.get(c)
+            if v is not None:
+                seen_optional.add(c)
+                v = _check_value(c, v, path, lineno)
+            rows[c].append(v)  # a value missing on some rows only: validate_table says where
     cols = [c for c in REQUIRED + OPTIONAL if c in REQUIRED or c in seen_optional]
     if not lines:
         raise InputError("trace has no rounds", path=path)
@@ -188,7 +224,7 @@ def _read_jsonl(path: str) -> Trace:
     try:
         meta = normalize_meta(meta)
     except InputError as exc:
-        raise exc.at(path, 1) from None
+        raise exc.at(path, meta_line) from None
     return Trace(validate_table(table, path, lines=lines, block_size=meta.get("block_size")), meta)
 
 
@@ -202,17 +238,46 @@ def finite_number(v) -> bool:
         return False
 
 
+def id_text(v, path: str | None, line: int | None, field: str) -> str:
+    """An id given as a JSON string or integer, as text; a string must be valid Unicode (JSON can spell
+    a lone surrogate such as \\ud800, which no file format can store)."""
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise InputError(f"expected a string or integer, got {v!r}", path=path, line=line, field=field)
+    if isinstance(v, int):
+        return str(v)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"not valid Unicode (a lone surrogate): {v!r}", path=path, line=line, field=field) from None
+    return v
+
+
+class IdTypes:
+    """Ids of one file are all strings or all integers: integer 1 and string "1" would be one agent."""
+
+    def __init__(self, field: str):
+        self.field = field
+        self.first: type | None = None
+
+    def see(self, v, path: str | None, line: int) -> None:
+        kind = int if isinstance(v, int) else str
+        if self.first is None:
+            self.first = kind
+        elif kind is not self.first:
+            names = {int: "integers", str: "strings"}
+            raise InputError(f"earlier rows give {names[self.first]}, this one {v!r} (integer 1 and string \"1\" "
+                             "would be the same agent: use one type)", path=path, line=line, field=self.field)
+
+
 def _check_value(col: str, v, path: str, line: int):
     """Type and range check of one JSONL field, with a precise error."""
     if col == "agent_id":
-        if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise InputError(f"expected a string, got {type(v).__name__}", path=path, line=line, field=col)
-        return str(v)
-    if col in ("round", "append_tokens", "gen_tokens"):
+        return id_text(v, path, line, col)
+    if col in ("round", "append_tokens", "gen_tokens", "source_row"):
         if isinstance(v, bool) or not isinstance(v, int):
             raise InputError(f"expected an integer, got {v!r}", path=path, line=line, field=col)
         if v < 0:
-            what = "round" if col == "round" else "length"
+            what = "length" if col.endswith("_tokens") else col.replace("_", " ")
             raise InputError(f"negative {what} {v}", path=path, line=line, field=col)
         if v > INT64_MAX:
             raise InputError(f"too large ({v})", path=path, line=line, field=col)

@@ -10,7 +10,8 @@ request's session when its hash ids start with *all* of that request's full bloc
 is a system prompt shared by every request of the conversation trace), that request has no
 continuation yet, and its input holds the earlier input plus output; otherwise it starts a new agent.
 Such traces are marked `agents: inferred`, and their cached tokens come from the hash ids (an infinite
-prefix cache), not from the client-side context rule.
+prefix cache), not from the client-side context rule; they keep each row's position in the file
+(`source_row`), so that rows of equal timestamps are served and exported back in the file's order.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from traces.errors import InputError
-from traces.io import INT64_MAX, INT64_MIN, atomic_path, finite_number, open_text
-from traces.schema import DEFAULT_BLOCK_SIZE, Trace, arrow_schema, validate_table
+from traces.io import INT64_MAX, INT64_MIN, MOONCAKE_KEYS, IdTypes, atomic_path, finite_number, id_text, json_lines
+from traces.schema import DEFAULT_BLOCK_SIZE, MAX_TOKENS, Trace, arrow_schema, validate_table
 
-FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+FIELDS = MOONCAKE_KEYS
 MIN_CHAIN_BLOCKS = 2
 
 
@@ -52,6 +53,8 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
             raise err(f, f"negative length {v}")
         if v > INT64_MAX:
             raise err(f, f"too large ({v})")
+        if v > MAX_TOKENS:
+            raise err(f, f"too large ({v} tokens; at most 2^40 per request)")
     if obj["input_length"] == 0:
         raise err("input_length", "a request needs at least one prompt token")
     ids = obj["hash_ids"]
@@ -68,9 +71,10 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
         sid, rnd = obj.get("session_id"), obj.get("round")
         if sid is None or isinstance(sid, bool) or not isinstance(sid, (str, int)):
             raise err("session_id", f"expected a string or integer with 'round', got {sid!r}")
+        sid = id_text(sid, path, line, "session_id")
         if rnd is None or isinstance(rnd, bool) or not isinstance(rnd, int) or not 0 <= rnd <= INT64_MAX:
             raise err("round", f"expected an integer >= 0 with 'session_id', got {rnd!r}")
-        row["session_id"], row["round"] = str(sid), rnd
+        row["session_id"], row["round"] = sid, rnd
     delay = obj.get("delay", 0)
     if not finite_number(delay) or delay < 0:
         raise err("delay", f"expected a finite number of milliseconds >= 0, got {delay!r}")
@@ -80,20 +84,13 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
 
 def read_rows(path: str, block_size: int) -> list[dict]:
     rows = []
-    with open_text(path) as fh:
-        try:
-            for lineno, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"malformed JSON ({exc.msg})", path=path, line=lineno) from None
-                row = parse_row(obj, block_size, path, lineno)
-                row["line"] = lineno
-                rows.append(row)
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read ({exc})", path=path) from None
+    id_types = IdTypes("session_id")
+    for lineno, obj in json_lines(path):
+        row = parse_row(obj, block_size, path, lineno)
+        if "session_id" in row:
+            id_types.see(obj["session_id"], path, lineno)
+        row["line"] = lineno
+        rows.append(row)
     if not rows:
         raise InputError("no rows", path=path)
     keyed = sum("session_id" in r for r in rows)
@@ -134,13 +131,26 @@ def import_mooncake(path: str, *, block_size: int | None = None) -> Trace:
             lines.append(row["line"])
             context = row["input_length"] + row["output_length"]
     cols = {"agent_id": ids, "round": rnd, "append_tokens": app, "gen_tokens": gen, "tool_latency_s": tool}
-    if any(a > 0 for a in arr):
+    # Timestamps are kept, all of them 0 included, except in rows with sessions whose timestamps are all 0:
+    # that is what our export writes for a trace without timestamps, which so imports back as it was.
+    if agents == "inferred" or any(a > 0 for a in arr):
         cols["arrival_s"] = arr
     cols["hash_ids"] = hashes
+    if agents == "inferred":  # the file's row order, for rounds of equal timestamps (exported back in it)
+        cols["source_row"] = [i for chain in agent_rows for i in chain]
     meta = {"block_size": bs, "source": f"mooncake:{os.path.basename(str(path))}", "agents": agents,
             "generator": "dualpath-bench traces.mooncake import"}
     table = pa.table({c: v for c, v in cols.items()}, schema=arrow_schema(list(cols), meta))
-    return Trace(validate_table(table, str(path), lines=lines, block_size=bs), meta)
+    try:
+        table = validate_table(table, str(path), lines=lines, block_size=bs)
+    except InputError as exc:  # name the file's field, not ours
+        raise InputError(exc.problem, path=exc.path, line=exc.line,
+                         field=MOONCAKE_FIELD.get(exc.field, exc.field)) from None
+    return Trace(table, meta)
+
+
+MOONCAKE_FIELD = {"agent_id": "session_id", "append_tokens": "input_length", "gen_tokens": "output_length",
+                  "tool_latency_s": "delay", "arrival_s": "timestamp"}
 
 
 def _known_sessions(rows: list[dict], path: str) -> list[list[int]]:
@@ -160,7 +170,8 @@ def _known_sessions(rows: list[dict], path: str) -> list[list[int]]:
 
 
 def _infer_sessions(rows: list[dict], block_size: int) -> list[list[int]]:
-    """Chains of requests, each continuing the deepest earlier request whose full blocks it extends."""
+    """Chains of requests, each continuing the deepest earlier request whose full blocks it extends (and
+    whose input plus output its input holds)."""
     order = sorted(range(len(rows)), key=lambda i: rows[i]["timestamp"])  # stable: file order on ties
     trie: dict[tuple[int, int], int] = {}
     owner: dict[int, int] = {}  # trie node -> latest row whose full-block prefix ends there
@@ -183,7 +194,7 @@ def _infer_sessions(rows: list[dict], block_size: int) -> list[list[int]]:
                 p = rows[cand]
                 if rows[i]["input_length"] >= p["input_length"] + p["output_length"]:
                     parent = cand
-                break
+                    break  # else a shallower request may still be the one this continues
         # insert the rest of this request's blocks, remember where its full-block prefix ends
         node = path_nodes[-1] if path_nodes else 0
         for h in ids[len(path_nodes):]:
@@ -234,7 +245,8 @@ def export_hash_ids(trace: Trace, block_size: int) -> tuple[np.ndarray, np.ndarr
 def export_mooncake(trace: Trace, path: str, *, block_size: int | None = None) -> None:
     """Write Mooncake rows. Hash ids the trace already carries are kept (at its own block size); others
     are derived. Rows of known agents carry session_id and round; a trace whose agents were inferred
-    is written back as plain rows in timestamp order, as it came."""
+    is written back as plain rows in timestamp order, as it came (rows of equal timestamps in the order of
+    the file it was imported from)."""
     bs = block_size or trace.block_size
     if not str(path).endswith(".jsonl"):
         raise InputError("Mooncake output must end in .jsonl", field="-o")
@@ -255,10 +267,16 @@ def export_mooncake(trace: Trace, path: str, *, block_size: int | None = None) -
     off = offsets.tolist()
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for i in (range(len(prompt)) if order is None else order.tolist()):
-            row = {"timestamp": round(arrival[i] * 1000.0, 3) if arrival else 0,
+            row = {"timestamp": _ms(arrival[i]) if arrival else 0,
                    "input_length": prompt[i], "output_length": gen[i], "hash_ids": vals[off[i]:off[i + 1]]}
             if sessions:
                 row["session_id"], row["round"] = agent[i], rnd[i]
             if tool[i] > 0:
-                row["delay"] = round(tool[i] * 1000.0, 3)
-            fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+                row["delay"] = _ms(tool[i])
+            fh.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
+
+
+def _ms(seconds: float) -> int | float:
+    """Milliseconds to 3 decimals; whole numbers as integers (as Mooncake writes them)."""
+    ms = round(seconds * 1000.0, 3)
+    return int(ms) if ms.is_integer() else ms

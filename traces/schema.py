@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from traces.errors import InputError
 
 REQUIRED = ("agent_id", "round", "append_tokens", "gen_tokens", "tool_latency_s")
-OPTIONAL = ("arrival_s", "hash_ids")
+OPTIONAL = ("arrival_s", "hash_ids", "source_row")
+EVERY_ROW_OR_NONE = ("arrival_s", "source_row")  # optional columns that a trace gives for every row or not at all
 ARROW_TYPES = {
     "agent_id": pa.string(),
     "round": pa.int64(),
@@ -24,6 +26,7 @@ ARROW_TYPES = {
     "tool_latency_s": pa.float64(),
     "arrival_s": pa.float64(),
     "hash_ids": pa.list_(pa.int64()),
+    "source_row": pa.int64(),  # the round's position among the rows of the file it was imported from
 }
 # File-level metadata keys (all stored as strings in Parquet key-value metadata).
 META_KEYS = ("block_size", "source", "generator", "seed", "agents", "params")
@@ -48,11 +51,24 @@ def encode_meta(meta: dict) -> dict[bytes, bytes]:
 def decode_meta(raw: dict | None) -> dict:
     meta: dict = {}
     for k, v in (raw or {}).items():
-        key = k.decode() if isinstance(k, bytes) else k
+        key = k.decode(errors="replace") if isinstance(k, bytes) else k
         if key.startswith("pandas") or key.startswith("ARROW"):
             continue
-        text = v.decode() if isinstance(v, bytes) else v
-        meta[key] = json.loads(text) if key == "params" else text
+        try:
+            text = v.decode() if isinstance(v, bytes) else v
+        except UnicodeDecodeError:
+            raise InputError("not UTF-8 text in the trace metadata", field=key) from None
+        if key == "params":
+            from traces.io import decode_json  # (traces.io imports this module)
+
+            try:
+                text = decode_json(text)
+            except InputError as exc:
+                raise InputError(f"{exc.problem} in the trace metadata", field=key) from None
+            if not isinstance(text, dict):
+                raise InputError(f"expected a JSON object in the trace metadata, got a {type(text).__name__}",
+                                 field=key)
+        meta[key] = text
     return normalize_meta(meta)
 
 
@@ -132,16 +148,21 @@ class Trace:
                                    self.block_size, order=self.arrival_order())
 
     def arrival_order(self) -> np.ndarray | None:
-        """Row order by original timestamp (for hash-id hits replayed in the order they were seen)."""
+        """Row order by original timestamp (for hash-id hits replayed in the order they were seen, and
+        for export); rounds of equal timestamps keep the order of the file they were imported from
+        (`source_row`), else the table's."""
         if not self.has("arrival_s"):
             return None
+        if self.has("source_row"):
+            return np.lexsort((self.col("source_row"), self.col("arrival_s")))
         return np.argsort(self.col("arrival_s"), kind="stable")
 
 
 def validate_table(table: pa.Table, path: str | None = None, *, lines=None,
                    block_size: int | None = None) -> pa.Table:
     """Check columns, types, the row structure and hash-id lengths; return the table in contract order
-    and types. `lines[i]` is the file line of row i (default i + 1) for error messages."""
+    and types. `lines[i]` is the file line of row i (default i + 1) for error messages. An optional
+    column with no value on any row is dropped."""
     def line(row: int) -> int:
         return int(lines[row]) if lines is not None else row + 1
 
@@ -149,16 +170,22 @@ def validate_table(table: pa.Table, path: str | None = None, *, lines=None,
     for c in REQUIRED:
         if c not in names:
             raise InputError("missing column", path=path, field=c)
-    cols = [c for c in REQUIRED + OPTIONAL if c in names]
-    try:
-        table = table.select(cols).cast(arrow_schema(cols, None), safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise InputError(f"wrong column type ({exc})", path=path) from None
-    for c in cols:
-        nulls = table.column(c).null_count
-        if nulls and c not in OPTIONAL:
-            row = _first_true(np.asarray(table.column(c).is_null()))
-            raise InputError("missing value", path=path, line=line(row), field=c)
+    columns = {}
+    for c in (c for c in REQUIRED + OPTIONAL if c in names):
+        column = table.column(c)
+        if column.null_count:
+            missing = np.asarray(column.is_null())
+            if c in OPTIONAL and missing.all():
+                continue
+            if c in REQUIRED or c in EVERY_ROW_OR_NONE:
+                problem = "missing value" + ("" if c in REQUIRED else " (other rows have one: give it on all or none)")
+                raise InputError(problem, path=path, line=line(_first_true(missing)), field=c)
+        try:
+            columns[c] = column.cast(ARROW_TYPES[c], safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
+            raise InputError(f"wrong column type {column.type}, expected {ARROW_TYPES[c]} ({exc})", path=path,
+                             field=c) from None
+    table = pa.table(columns, schema=arrow_schema(list(columns)))
     for c in ("append_tokens", "gen_tokens"):
         v = table.column(c).to_numpy()
         bad = v < 0
@@ -170,22 +197,30 @@ def validate_table(table: pa.Table, path: str | None = None, *, lines=None,
             row = _first_true(bad)
             raise InputError(f"too large ({v[row]} tokens; at most 2^40 per round)", path=path, line=line(row),
                              field=c)
-    lat = table.column("tool_latency_s").to_numpy()
-    bad = ~(lat >= 0) | ~np.isfinite(lat)
-    if bad.any():
-        row = _first_true(bad)
-        raise InputError(f"must be a finite number >= 0, got {lat[row]}", path=path, line=line(row),
-                         field="tool_latency_s")
+    for c in ("tool_latency_s", "arrival_s", "source_row"):
+        if c not in columns:
+            continue
+        v = table.column(c).to_numpy()
+        bad = ~(v >= 0) | ~np.isfinite(v)
+        if bad.any():
+            row = _first_true(bad)
+            kind = "an integer" if c == "source_row" else "a finite number"
+            raise InputError(f"must be {kind} >= 0, got {v[row]}", path=path, line=line(row), field=c)
     check_rounds(table.column("agent_id").to_numpy(zero_copy_only=False),
                  table.column("round").to_numpy(), path, line)
-    if "hash_ids" in cols:
+    if "hash_ids" in columns:
         check_hash_ids(table, block_size or DEFAULT_BLOCK_SIZE, path, line)
     return table
 
 
 def check_hash_ids(table: pa.Table, block_size: int, path: str | None, line) -> None:
-    """Where a round has hash ids, there must be ceil(prompt / block_size) of them."""
+    """Where a round has hash ids, there must be ceil(prompt / block_size) of them, none of them null."""
     ids = table.column("hash_ids").combine_chunks()
+    flat = pc.list_flatten(ids)
+    if flat.null_count:
+        row = int(pc.list_parent_indices(ids).to_numpy()[_first_true(np.asarray(flat.is_null()))])
+        raise InputError("a null inside the list (expected 64-bit integers)", path=path, line=line(row),
+                         field="hash_ids")
     have = ids.value_lengths().to_numpy(zero_copy_only=False)
     present = ~np.asarray(ids.is_null())
     trace = Trace(table, {"block_size": block_size})

@@ -35,13 +35,23 @@ import numpy as np
 import pyarrow as pa
 
 from traces.errors import InputError
-from traces.schema import DEFAULT_BLOCK_SIZE, Trace, arrow_schema
+from traces.io import finite_number
+from traces.schema import DEFAULT_BLOCK_SIZE, MAX_TOKENS, Trace, arrow_schema
 from traces.stats import table2_means
 
 PILOT_AGENTS = 2000
 PILOT_SEED = 20260225  # the paper's v1 date; any fixed value works
-CHUNK_AGENTS = 4096  # bounds memory: rounds are drawn as (agents x turn limit) matrices per chunk
+# Rounds are drawn as (agents x turn limit) matrices. These bound one matrix, so time and memory: the pilot
+# has fewer agents when the turn limit is above 1,048 (never for the paper presets, whose limit is <= 251),
+# and a trace is drawn in chunks of at most 4,096 agents, fewer above a turn limit of 1,024.
+PILOT_CELLS = 2**21
+MIN_PILOT_AGENTS = 100
+CHUNK_AGENTS = 4096
+CHUNK_CELLS = 2**22
 _inv_cdf = np.frompyfunc(NormalDist().inv_cdf, 1, 1)
+
+
+INT_FIELDS = ("max_context", "block_size", "gen_max")  # the others are floats
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,24 @@ class SynthParams:
     turns_max_ratio: float = 1.6
     tool_latency_sigma: float = 1.0
 
+    def __post_init__(self):
+        """Whole-number floats for the integer fields (1e5 for max_context) become integers; validate()
+        refuses other floats there."""
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+
     def validate(self) -> "SynthParams":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in INT_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise InputError(f"expected a whole number, got {value!r}", field=f.name)
+                if value > MAX_TOKENS:
+                    raise InputError(f"must be at most 2^40, got {value}", field=f.name)
+            elif not finite_number(value):
+                raise InputError(f"expected a finite number, got {value!r}", field=f.name)
         positive = ("max_context", "turns_mean", "append_mean", "gen_mean", "block_size", "gen_max",
                     "first_append_mean", "intensity_tail_z", "turns_max_ratio")
         for name in positive:
@@ -83,6 +110,10 @@ class SynthParams:
             raise InputError(f"must be >= 1, got {self.turns_max_ratio}", field="turns_max_ratio")
         if self.append_mean + self.gen_mean >= self.max_context:
             raise InputError("append_mean + gen_mean must be below max_context", field="max_context")
+        if not math.isfinite(self.turns_max_ratio * self.turns_mean) or self.turns_max > MAX_TURNS_CAP:
+            limit = self.turns_max_ratio * self.turns_mean
+            raise InputError(f"turn limit {limit:.0f} (turns_max_ratio x turns_mean) is above {MAX_TURNS_CAP}",
+                             field="turns_mean")
         return self
 
     @property
@@ -97,6 +128,8 @@ class SynthParams:
         return [f.name for f in fields(cls)]
 
 
+
+
 @dataclass(frozen=True)
 class Latent:
     """What the solver finds: the pre-truncation scales that realise the targets."""
@@ -109,8 +142,9 @@ class Latent:
 
 # ----- sampling -----------------------------------------------------------------------------------
 def _lognormal(mean: float, sigma: float, z):
-    """Lognormal with the given *mean* from standard normal draws z."""
-    return np.exp(np.log(mean) - 0.5 * sigma * sigma + sigma * z)
+    """Lognormal with the given *mean* from standard normal draws z (inf where it overflows: see _drawn)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return np.exp(np.log(mean) - 0.5 * sigma * sigma + sigma * z)
 
 
 def _strata(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -131,13 +165,26 @@ def _agent_latents(p: SynthParams, lat: Latent, n: int, rng: np.random.Generator
     return s, first, frac
 
 
+def _drawn(values: np.ndarray, what: str, *params: str) -> np.ndarray:
+    """Draws must be finite numbers; parameters far out of range overflow (lognormal: e^(sigma^2))."""
+    if not np.isfinite(values).all():
+        raise InputError(f"the generator's draws of {what} overflow: lower {' or '.join(params)}")
+    return values
+
+
 def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Generator):
     """Rounds of a chunk of agents: (turns, append matrix, gen matrix), matrices cut at `turns`."""
     n, cap = len(s), p.turns_max
-    gen_scale = lat.gen_scale * s[:, None] ** p.gen_coupling if p.gen_coupling else lat.gen_scale
-    gen = np.clip(np.rint(_lognormal(gen_scale, p.gen_sigma, rng.standard_normal((n, cap)))), 1, p.gen_max).astype(np.int64)
-    app = np.rint(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))))
-    app = np.maximum(1, app).astype(np.int64)
+    with np.errstate(over="ignore"):
+        gen_scale = lat.gen_scale * s[:, None] ** p.gen_coupling if p.gen_coupling else lat.gen_scale
+    gen = _drawn(_lognormal(gen_scale, p.gen_sigma, rng.standard_normal((n, cap))), "generated tokens",
+                 "gen_sigma", "gen_coupling")
+    gen = np.clip(np.rint(gen), 1, p.gen_max).astype(np.int64)
+    app = _drawn(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))),
+                 "appended tokens", "append_sigma")
+    # a round above max_context always ends its agent before it, so the cut changes nothing but the dtype's range
+    app = np.maximum(1, np.minimum(np.rint(app), p.max_context + 1)).astype(np.int64)
+    first = _drawn(first, "task prompts", "first_append_mean", "first_append_sigma")
     app[:, 0] = np.clip(np.rint(first), 1, np.maximum(1, p.max_context - gen[:, 0]))
     budget = app[:, 0] + gen[:, 0] + frac * lat.fill_scale * (p.max_context - app[:, 0] - gen[:, 0])
     context_after = np.cumsum(app + gen, axis=1)
@@ -152,11 +199,17 @@ def _flatten(turns, mat):
     return mat[keep]
 
 
+def pilot_agents(p: SynthParams) -> int:
+    """Agents of the solver's pilot: 2,000, fewer for long turn limits (PILOT_CELLS)."""
+    return max(MIN_PILOT_AGENTS, min(PILOT_AGENTS, PILOT_CELLS // p.turns_max))
+
+
 def _pilot_means(p: SynthParams, lat: Latent) -> dict:
     rng = np.random.default_rng(PILOT_SEED)
-    s, first, frac = _agent_latents(p, lat, PILOT_AGENTS, rng)
+    n = pilot_agents(p)
+    s, first, frac = _agent_latents(p, lat, n, rng)
     turns, app, gen = _sample_chunk(p, lat, s, first, frac, rng)
-    agent = np.repeat(np.arange(PILOT_AGENTS), turns)
+    agent = np.repeat(np.arange(n), turns)
     return table2_means(agent, _flatten(turns, app), _flatten(turns, gen))
 
 
@@ -217,13 +270,10 @@ def _check_reachable(p: SynthParams) -> None:
     """Cheap refusals before any pilot run: targets no agent population could realise."""
     # Total tokens of an agent stay within max_context, and each round generates gen tokens on average,
     # so the mean number of turns cannot exceed ~max_context / gen (lognormal gens: a factor e^sigma^2).
-    bound = p.max_context / p.gen_mean * math.exp(p.gen_sigma ** 2)
+    bound = p.max_context / p.gen_mean * math.exp(min(p.gen_sigma, 20.0) ** 2)  # sigma 20: no bound at all
     if p.turns_mean > bound:
         raise InputError(f"{p.turns_mean:g} turns of {p.gen_mean:g} generated tokens each cannot fit in "
                          f"max_context {p.max_context} (at most ~{bound:.0f} turns)", field="turns_mean")
-    if p.turns_max > MAX_TURNS_CAP:
-        raise InputError(f"turn limit {p.turns_max} (turns_max_ratio x turns_mean) is above {MAX_TURNS_CAP}",
-                         field="turns_mean")
 
 
 # ----- the generator ------------------------------------------------------------------------------
@@ -232,17 +282,22 @@ def synthesize(p: SynthParams, agents: int, seed: int, *, source: str = "synth",
     p.validate()
     if agents < 1:
         raise InputError(f"must be >= 1, got {agents}", field="agents")
+    if seed < 0:
+        raise InputError(f"must be >= 0, got {seed}", field="seed")
     lat = solve_latent(p)
     rng = np.random.default_rng(seed)
     s, first, frac = _agent_latents(p, lat, agents, rng)
     width = max(5, len(str(agents - 1)))
     ids, rnd, app_out, gen_out, lat_out = [], [], [], [], []
-    for lo in range(0, agents, CHUNK_AGENTS):
-        hi = min(agents, lo + CHUNK_AGENTS)
+    chunk = max(1, min(CHUNK_AGENTS, CHUNK_CELLS // p.turns_max))
+    for lo in range(0, agents, chunk):
+        hi = min(agents, lo + chunk)
         turns, app, gen = _sample_chunk(p, lat, s[lo:hi], first[lo:hi], frac[lo:hi], rng)
         n_rows = int(turns.sum())
         if p.tool_latency_mean > 0:
-            tool = _lognormal(p.tool_latency_mean, p.tool_latency_sigma, rng.standard_normal((hi - lo, p.turns_max)))
+            tool = _drawn(_lognormal(p.tool_latency_mean, p.tool_latency_sigma,
+                                     rng.standard_normal((hi - lo, p.turns_max))),
+                          "tool latencies", "tool_latency_mean", "tool_latency_sigma")
             tool[:, 0] = 0.0
             lat_out.append(_flatten(turns, tool))
         else:

@@ -85,7 +85,10 @@ class SharedLink:
         if self.heap:
             n = len(self.heap)
             wait = (self.heap[0][0] - self.v) * n / self.link.capacity
-            self.net.loop.at(self.t_last + max(0.0, wait), self._next, self.version)
+            # a remainder too small to move the clock (below one ulp of it) would fire at the same instant
+            # forever: step to the next representable time, which moves every flow at least that far
+            t = max(self.t_last + max(0.0, wait), math.nextafter(self.t_last, math.inf))
+            self.net.loop.at(t, self._next, self.version)
 
     def _next(self, version: int) -> None:
         if version != self.version:

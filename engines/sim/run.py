@@ -30,18 +30,22 @@ def cost_model(model: ModelSpec, hw: HardwareSpec, shape: ClusterShape, constant
     return CostModel(model, hw, constants, prefill_ep=pe_group, decode_ep=de_group)
 
 
-def check_fits(workload: Workload, cost: CostModel, model: ModelSpec, hardware: HardwareSpec, system: str,
-               whole_request: bool) -> None:
+def check_fits(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareSpec, cluster: dict,
+               constants: SimConstants | None = None) -> None:
     """Refuse runs that could not run as configured: a model with no HBM left for KV on a prefill or
     decode GPU, a round whose KV no decode GPU can hold, or (whole-request prefill) no prefill GPU."""
-    tokens = max(p + g for p, g in zip(workload.prompt, workload.gen)) if workload.prompt else 0
+    policy = system_policy(system)
+    cost = cost_model(model, hardware, cluster_shape(cluster, model), constants or SimConstants())
+    whole_request = not (policy.layerwise or policy.free_io)
+    prompts = trace.prompt_tokens()
+    tokens = int((prompts + trace.col("gen_tokens")).max()) if len(prompts) else 0
+    prompt = int(prompts.max()) if len(prompts) else 0
     pe_cap = cost.prefill_kv_capacity_bytes()
     if pe_cap <= 0:
         raise InputError(f"{model.name} leaves no HBM for KV on a prefill GPU of {hardware.name} with expert "
                          f"parallelism {cost.prefill_ep} (weights {cost.weight_bytes_per_gpu(cost.prefill_ep) / 1e9:.0f} "
                          f"GB, HBM {hardware.gpu.hbm_bytes / 1e9:.0f} GB); add prefill nodes (an expert-parallel group "
                          "spans up to cluster.prefill_group_nodes of them)", field="cluster.prefill_nodes")
-    prompt = max(workload.prompt) if workload.prompt else 0
     if whole_request and prompt * cost.kv_bytes_per_token > pe_cap:
         raise InputError(f"{system} prefills whole requests, and a {prompt:,}-token prompt needs "
                          f"{prompt * cost.kv_bytes_per_token / 1e9:.1f} GB of KV in the HBM of a prefill GPU, which "
@@ -65,12 +69,12 @@ def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareS
     With `until_s` the simulation stops at that time (capacity probes)."""
     from engines.sim.records import MemorySink
 
+    check_fits(trace, system, model=model, hardware=hardware, cluster=cluster, constants=constants)
     policy = system_policy(system)
     shape = cluster_shape(cluster, model)
     cost = cost_model(model, hardware, shape, constants or SimConstants())
     agents = len(trace.agent_starts())
     workload = Workload(trace, np.zeros(agents) if start_s is None else start_s, not_before_s)
-    check_fits(workload, cost, model, hardware, system, whole_request=not (policy.layerwise or policy.free_io))
     sim = Simulation(workload, policy, cost, shape, window_s=window_s, sink=sink if sink is not None else MemorySink(),
                      progress=progress)
     return sim.run(until_s)

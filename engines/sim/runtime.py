@@ -67,8 +67,10 @@ class Simulation:
         for a in range(w.agents):
             self.loop.at(w.first_send(a), self.arrive, a, 0)
         self.rec.start_sampler(self.loop, self.still_running)
-        self.loop.run(until=until_s)
-        self.rec.finish(self.net, self.w, self.agent_done_t)
+        try:
+            self.loop.run(until=until_s)
+        finally:  # interrupted too (Ctrl-C): hand over every record made so far
+            self.rec.finish(self.net, self.w, self.agent_done_t)
         done = self.agent_done_t[np.isfinite(self.agent_done_t)]
         return {"events": self.loop.events, "makespan_s": float(done.max()) if len(done) else float("nan"),
                 "alpha_tokens": self.alpha, "beta_tokens": self.beta}
