@@ -22,7 +22,7 @@ between the highest pass and the lowest failure until they are within `tolerance
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -47,6 +47,7 @@ class Probe:
     ttft_last_window_s: float | None
     steady: bool | None
     horizon_s: float | None = None  # how long it ran (longer than the horizon when TTFT was not steady)
+    short_trace: bool = False       # the trace ran out of agents before the horizon
 
 
 def settings(scenario: dict) -> dict:
@@ -68,7 +69,7 @@ def probe(run_until: Callable[[float], tuple[pd.DataFrame, str | None]], rate: f
         p = judge(requests, rate, slo, cfg, horizon)
         p.horizon_s = horizon
         if shortfall is not None:
-            p.passed, p.reason = False, shortfall
+            p.passed, p.reason, p.short_trace = False, shortfall, True
         if not p.passed or p.steady is not False or horizon >= cfg["max_horizon_s"]:
             return p
         horizon = min(float(cfg["max_horizon_s"]), horizon + float(cfg["lookback_s"]))
@@ -146,13 +147,6 @@ def search(run_probe: Callable[[float], Probe], cfg: dict, report: Callable[[Pro
                 break
             rate = (best + worst) / 2
     return best, probes
-
-
-def table(system: str, probes: list[Probe]) -> dict[str, list]:
-    rows = [asdict(p) for p in probes]
-    out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-    out["system"] = [system] * len(rows)
-    return out
 
 
 def format_probe(system: str, p: Probe) -> str:

@@ -141,16 +141,15 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     def save(status: str) -> None:
         """capacity.csv and summary.json as they stand: written after every probe, so an interrupted
         search keeps every probe it finished."""
-        rows = [capacity.table(name, [capacity.Probe(**p) for p in r["probes"]]) for name, r in results.items()]
-        table = pd.concat([pd.DataFrame(r) for r in rows if r], ignore_index=True) if any(rows) else pd.DataFrame()
+        table = pd.DataFrame([{"system": name, **p} for name, r in results.items() for p in r["probes"]])
         tmp = run_dir / ".capacity.csv.tmp"
         table.to_csv(tmp, index=False)
         tmp.replace(run_dir / "capacity.csv")
         summary["status"] = status
-        names = [n for n in results if results[n]["capacity_aps"]]
-        if len(names) >= 2:
-            summary["capacity_ratio"] = {f"{names[1]}/{names[0]}": results[names[1]]["capacity_aps"] /
-                                         results[names[0]]["capacity_aps"]}
+        first, second = (list(results) + [None, None])[:2]
+        if second is not None and results[first]["capacity_aps"] and results[second]["capacity_aps"]:
+            summary["capacity_ratio"] = {f"{second}/{first}": results[second]["capacity_aps"] /
+                                         results[first]["capacity_aps"]}
         write_json(run_dir / "summary.json", summary)
 
     def probe_for(system: str):
@@ -202,7 +201,7 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             cap = r["capacity_aps"]
             print(f"{name:<12} capacity {'-' if cap is None else f'{cap:.3f}'} agents/s "
                   f"({len(r['probes'])} probes)")
-            short = [p for p in r["probes"] if p["reason"].startswith("the trace has")]
+            short = [p for p in r["probes"] if p["short_trace"]]
             if short:
                 print(f"{name:<12} note: the trace ran out of agents at {min(p['rate_aps'] for p in short):g} "
                       "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
