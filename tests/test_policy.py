@@ -10,7 +10,7 @@ import pytest
 from engines.policy import (SYSTEMS, BatchItem, EngineView, assign_de_paper, choose_de_least_loaded,
                             choose_de_paper, choose_group, choose_pe_least_loaded, choose_pe_paper, fetch_pe_paper,
                             pack_chunked, pack_whole, read_side_pe_only, read_side_round_robin,
-                            read_side_shorter_queue, system_policy, z_threshold)
+                            read_side_shorter_queue, system_policy, z_threshold, group_z, plan_groups)
 from traces.errors import InputError
 
 
@@ -200,6 +200,18 @@ def test_choose_de_least_loaded():
     assert choose_de_least_loaded(100, engines) == 1
     assert choose_de_least_loaded(10, engines) == 2
     assert choose_de_least_loaded(1000, engines) == -1
+
+
+def test_each_groups_z_counts_only_the_requests_planned_for_it():
+    groups = [des((0, 0, 1e9), (0, 0, 1e9)), des((300, 0, 1e9), (0, 0, 1e9))]
+    lengths = [100] * 5
+    plan = plan_groups(lengths, groups)
+    assert plan == [0, 0, 0, 0, 1]  # g0: 0, 100, 200, then 300 ties g1's 300 (lower index); then g1 (300 < 400)
+    z = group_z(lengths, [1] * 5, plan, groups, 1.0)
+    assert z == [pytest.approx(400 / 2), pytest.approx((100 + 300) / 2)]
+    # the old way (every group's Z over the whole queue) inflates it with the other group's requests
+    old = z_threshold([(100, 1)] * 5, groups[0], 1.0)
+    assert old == pytest.approx(500 / 2) and old > z[0]
 
 
 class TestAssignDePaper:

@@ -58,17 +58,30 @@ def choose_de_least_loaded(need: float, engines: Sequence[EngineView], rotate: i
     return best
 
 
-def assign_de_paper(lengths: Sequence[float], hbm_need: Sequence[float], groups: Sequence[Sequence[EngineView]],
-                    z_factor: float) -> list[tuple[int, int]]:
-    """Both phases over a queue: (group, index in group) per request until one does not fit."""
+def plan_groups(lengths: Sequence[float], groups: Sequence[Sequence[EngineView]]) -> list[int]:
+    """Phase 1 over a queue: each request to the group with the smallest unfinished tokens, counting
+    the requests planned before it (the group's private queue)."""
     group_tok = [sum(e.tok for e in g) for g in groups]
     plan = []
-    for length in lengths:  # phase 1: drain the global queue, each request raising its group's load
+    for length in lengths:
         g = min(range(len(groups)), key=lambda k: (group_tok[k], k))
         plan.append(g)
         group_tok[g] += length
-    z = {g: z_threshold([(l, n) for l, n, p in zip(lengths, hbm_need, plan) if p == g], groups[g], z_factor)
-         for g in set(plan)}
+    return plan
+
+
+def group_z(lengths: Sequence[float], hbm_need: Sequence[float], plan: Sequence[int],
+            groups: Sequence[Sequence[EngineView]], z_factor: float) -> list[float]:
+    """Z of every group over the requests planned for it (phase 2 looks at its own private queue)."""
+    return [z_threshold([(l, n) for l, n, p in zip(lengths, hbm_need, plan) if p == g], groups[g], z_factor)
+            for g in range(len(groups))]
+
+
+def assign_de_paper(lengths: Sequence[float], hbm_need: Sequence[float], groups: Sequence[Sequence[EngineView]],
+                    z_factor: float) -> list[tuple[int, int]]:
+    """Both phases over a queue: (group, index in group) per request until one does not fit."""
+    plan = plan_groups(lengths, groups)
+    z = group_z(lengths, hbm_need, plan, groups, z_factor)
     out = []
     for length, need, g in zip(lengths, hbm_need, plan):
         i = choose_de_paper(length, need, groups[g], z[g])

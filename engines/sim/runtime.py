@@ -15,8 +15,8 @@ from collections import deque
 import numpy as np
 
 from engines.policy import (choose_de_least_loaded, choose_de_paper, choose_group, choose_pe_least_loaded,
-                            choose_pe_paper, read_side_pe_only, read_side_round_robin,
-                            read_side_shorter_queue, z_threshold)
+                            choose_pe_paper, group_z, plan_groups, read_side_pe_only, read_side_round_robin,
+                            read_side_shorter_queue)
 from engines.policy.systems import SystemPolicy
 from engines.sim.cluster import Cluster, ClusterShape, Engine, Node
 from engines.sim.core import EventLoop
@@ -111,10 +111,14 @@ class Simulation:
             return
         pes, des, groups = self.cluster.pes, self.cluster.des, self.cluster.de_groups
         paper = self.policy.paper_scheduler
-        z = None
-        if paper:
-            z = [z_threshold(((r.length, r.hbm_need) for r in itertools.islice(queue, Z_WINDOW)), g,
-                             self.k.de_z_factor) for g in groups]
+        if paper:  # phase 1 over the head of the queue: each request's group, and each group's Z over its own
+            head = list(itertools.islice(queue, Z_WINDOW))
+            lengths = [r.length for r in head]
+            plan = plan_groups(lengths, groups)
+            z = group_z(lengths, [r.hbm_need for r in head], plan, groups, self.k.de_z_factor)
+            planned = {id(r): g for r, g in zip(head, plan)}
+        held: list[Request] = []  # requests whose group has no room: they keep their place, others go on
+        blocked: set[int] = set()
         while queue:
             req = queue[0]
             turn = self.dispatched
@@ -122,15 +126,23 @@ class Simulation:
                 p = choose_pe_paper(pes, self.read_q, self.alpha, self.beta, turn)
                 if p < 0:
                     break
-                g = choose_group(groups) if len(groups) > 1 else 0
-                d = choose_de_paper(req.length, req.hbm_need, groups[g], z[g], turn)
+                g = planned.get(id(req))
+                if g is None:
+                    g = choose_group(groups) if len(groups) > 1 else 0
+                d = -1 if g in blocked else choose_de_paper(req.length, req.hbm_need, groups[g], z[g], turn)
                 de = groups[g][d] if d >= 0 else None
+                if de is None:  # this group's private queue waits for HBM; the other groups' go on
+                    blocked.add(g)
+                    if len(blocked) == len(groups):
+                        break
+                    held.append(queue.popleft())
+                    continue
             else:
                 p = choose_pe_least_loaded(pes, turn)
                 d = choose_de_least_loaded(req.hbm_need, des, turn)
                 de = des[d] if d >= 0 else None
-            if de is None:
-                break
+                if de is None:
+                    break
             queue.popleft()
             self.dispatched += 1
             pe = pes[p]
@@ -140,6 +152,7 @@ class Simulation:
             de.seq += 1
             de.hbm_free_bytes -= req.hbm_need
             self.dispatch(req, pe, de)
+        queue.extendleft(reversed(held))
 
     def dispatch(self, req: Request, pe: Engine, de: Engine) -> None:
         req.t_dispatch = self.loop.now
