@@ -50,9 +50,9 @@ def emit_json(obj) -> None:
     Strict JSON, as summary.json is (the same conversion, harness/results.py): NaN and infinities become
     null, numpy scalars plain numbers, keys strings, and anything else (a date) its string.
     """
-    from harness.results import _jsonable
+    from harness.results import jsonable
 
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -128,8 +128,6 @@ class SynthParams:
         return [f.name for f in fields(cls)]
 
 
-
-
 @dataclass(frozen=True)
 class Latent:
     """What the solver finds: the pre-truncation scales that realise the targets."""
