@@ -13,7 +13,7 @@ Every other number the simulator produces is a prediction. Run (about 30-60 minu
 
     .venv/bin/python benchmarks/calibrate.py [--skip-oracle] [--verify]
 
-It prints each probe and the fitted values; they go into engines/spec/constants.py and traces/synth.py
+It prints each probe and the fitted values; they go into engines/costmodel/constants.py and traces/synth.py
 (the defaults), and the README's constants table. `--verify` only runs the four points with the
 current defaults.
 """
@@ -26,7 +26,7 @@ import sys
 import time
 
 from engines.sim import NullSink, simulate
-from engines.spec import SimConstants, hardware_spec, model_spec
+from engines.costmodel import SimConstants, hardware_spec, model_spec
 from traces.presets import PRESETS
 from traces.synth import params_with, synthesize
 

@@ -74,7 +74,7 @@ def main() -> int:
                               (("dualpath", "2p1d"), ("dualpath", "1p2d"), "~1050/1840 vs ~1040/1840")):
             lines.append(row(f"{a[0]} {a[1]} / {b[0]} {b[1]}", jct[a] / jct[b], "~1", 1 / 1.15, 1.15))
     if "compute-bound" in parts:
-        from engines.spec import SimConstants
+        from engines.costmodel import SimConstants
         fast = SimConstants().snic_efficiency * 10
         s = run("ablation-ds660b-64k.yaml", agents, f"sim.snic_efficiency={fast}", "systems=[layerwise,dualpath-rr,dualpath,oracle]",
                 tag="-snic-x10")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from engines.sim import check_fits, simulate
-from engines.spec import SimConstants, hardware_spec, model_spec
+from engines.costmodel import SimConstants, hardware_spec, model_spec
 from traces.errors import InputError
 from traces.schema import Trace
 

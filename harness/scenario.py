@@ -13,7 +13,7 @@ Rules beyond the per-key types:
   run on several backends; `endpoint` and `max_concurrency` describe an external server: http only;
 - a key is a plain name (not a list or mapping); an alias may not contain itself; seeds are integers
   >= 0; `telemetry.window_s` is at least 1 ms; `sim` keys are the simulator's constants
-  (engines/spec/constants.py), checked here so that a wrong one is blamed on its line or on `--set`;
+  (engines/costmodel/constants.py), checked here so that a wrong one is blamed on its line or on `--set`;
 - `arrival.mode: trace` needs a trace with timestamps (a synthetic trace has none); `capacity`
   rates are checked against harness/capacity.py's defaults for the ones not given;
 - defaults filled: backend sim, systems [basic, dualpath] ([external] for http), arrival offline,
@@ -598,7 +598,7 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
 
 def _check_sim(sim: dict, ctx: _Context) -> None:
     """Each `sim` key is a simulator constant with a value it takes (the same check the simulator makes)."""
-    from engines.spec.constants import SimConstants
+    from engines.costmodel.constants import SimConstants
 
     for name, value in sim.items():
         try:

@@ -1,4 +1,4 @@
-"""engines/spec: profiles, constants and the cost model, against the figures of reference/cost-model.md
+"""engines/costmodel: profiles, constants and the cost model, against the figures of reference/cost-model.md
 and the paper (reference/paper.md 1.6, 6), and the model's monotonicity and limits."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from engines.spec import CostModel, SimConstants, hardware_spec, model_spec
-from engines.spec.profiles import REPO_ROOT
+from engines.costmodel import CostModel, SimConstants, hardware_spec, model_spec
+from engines.costmodel.profiles import REPO_ROOT
 from traces.errors import InputError
 
 DS = "deepseek-v3.2-660b"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.spec import SimConstants
+from engines.costmodel import SimConstants
 
 PAPER = Path(__file__).resolve().parents[1] / "scenarios" / "paper"
 HALF_SNIC = f"sim.snic_efficiency={SimConstants().snic_efficiency / 2}"

@@ -19,7 +19,7 @@ from engines.sim import MemorySink, NullSink, simulate
 from harness import metrics
 from engines.sim.core import EventLoop
 from engines.sim.links import Network, SharedLink
-from engines.spec import CostModel, SimConstants, hardware_spec, model_spec
+from engines.costmodel import CostModel, SimConstants, hardware_spec, model_spec
 from traces.errors import InputError
 from traces.presets import PRESETS
 from traces.schema import Trace

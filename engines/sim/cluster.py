@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engines.sim.links import Link, Network, SharedLink
-from engines.spec.cost import CostModel
+from engines.costmodel.cost import CostModel
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from engines.sim.cluster import Engine
 from engines.sim.core import EventLoop
-from engines.spec.cost import CostModel
+from engines.costmodel.cost import CostModel
 
 
 class DecodeGroup:

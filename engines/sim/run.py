@@ -7,7 +7,7 @@ from engines.policy import system_policy
 from engines.sim.cluster import ClusterShape
 from engines.sim.runtime import Simulation
 from engines.sim.workload import Workload
-from engines.spec import CostModel, HardwareSpec, ModelSpec, SimConstants
+from engines.costmodel import CostModel, HardwareSpec, ModelSpec, SimConstants
 from traces.errors import InputError
 from traces.schema import Trace
 

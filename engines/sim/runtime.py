@@ -25,7 +25,7 @@ from engines.sim.links import Network
 from engines.sim.prefill import PrefillGroup
 from engines.sim.records import Recorder
 from engines.sim.request import Request
-from engines.spec.cost import CostModel
+from engines.costmodel.cost import CostModel
 
 Z_WINDOW = 512  # queued requests the DE scheduler looks at to compute Z
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from engines.spec.constants import SimConstants
-from engines.spec.profiles import HardwareSpec, ModelSpec
+from engines.costmodel.constants import SimConstants
+from engines.costmodel.profiles import HardwareSpec, ModelSpec
 
 
 BATCH_SPEEDUP = ((1, 1.0), (2, 1.7), (3, 2.1), (5, 2.6), (10, 2.9), (20, 3.0))
