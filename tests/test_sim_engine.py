@@ -485,29 +485,6 @@ def test_two_decode_groups_share_the_work_and_one_full_group_does_not_stop_the_o
         assert set(share.index) == {0, 1} and share.min() > 0.3, share
 
 
-def test_a_decode_group_without_room_holds_its_requests_in_place_and_the_other_group_goes_on(trace):
-    """The scheduler, one call: group 0's DEs have no HBM left; phase 1 plans the queue g0, g1, g0, g1 (each
-    request raising its group's load): the g1 requests go out, the g0 ones wait, in their order."""
-    from engines.policy import system_policy
-    from engines.sim.request import Request
-    from engines.sim.run import cluster_shape, cost_model
-    from engines.sim.runtime import Simulation
-    from engines.sim.workload import Workload
-
-    cluster = {"prefill_nodes": 2, "decode_nodes": 4, "decode_group_nodes": 2}
-    cost = cost_model(DS, HW, cluster_shape(cluster, DS), SimConstants())
-    sim = Simulation(Workload(trace, np.zeros(AGENTS)), system_policy("dualpath"), cost, cluster_shape(cluster, DS),
-                     window_s=1.0, sink=NullSink())
-    assert len(sim.cluster.de_groups) == 2
-    for de in sim.cluster.de_groups[0]:
-        de.hbm_free_bytes = 0.0
-    reqs = [Request(a, 0, 1000, 0, 10, 0.0, DS.kv_bytes_per_token) for a in range(4)]
-    sim.queue.extend(reqs)
-    sim.schedule()
-    assert list(sim.queue) == [reqs[0], reqs[2]]
-    assert reqs[1].de in sim.cluster.de_groups[1] and reqs[3].de in sim.cluster.de_groups[1]
-
-
 def test_an_interrupted_run_hands_over_what_it_recorded(trace):
     """Ctrl-C mid-run (here: raised by the progress callback after 40 rounds): the 40 finished rounds,
     the telemetry so far and every agent (unfinished ones `cancelled`) still reach the sink."""

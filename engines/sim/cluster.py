@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from engines.sim.capacity import Capacity
 from engines.sim.links import Link, Network, SharedLink
 from engines.costmodel.cost import CostModel
 
@@ -28,9 +29,8 @@ class ClusterShape:
 
 
 class Node:
-    __slots__ = ("id", "kind", "name", "snic_rx", "snic_tx", "dram_rx", "dram_tx", "dram_cap", "dram_used",
-                 "dram_waiters", "read_queue", "active_reads", "read_q_tokens", "read_tokens", "reader",
-                 "blocked_groups")
+    __slots__ = ("id", "kind", "name", "snic_rx", "snic_tx", "dram_rx", "dram_tx", "buffer", "read_queue",
+                 "active_reads", "reader")
 
     def __init__(self, id: int, kind: str, name: str, net: Network, snic_rate: float, dram_cap: float):
         self.id = id
@@ -43,21 +43,16 @@ class Node:
         # storage reads share the SNIC and land in DRAM: rx on the SNIC (the read itself, DESIGN.md links
         # contract) and on the DRAM meter (the buffer write the paper's DRAM bounds count)
         self.reader = SharedLink(net, self.snic_rx, (self.dram_rx,), "kv_read")
-        self.blocked_groups: dict = {}       # prefill groups that left work waiting for this buffer
-        self.dram_cap = dram_cap
-        self.dram_used = 0.0
-        self.dram_waiters: deque = deque()   # callables waiting for staging-buffer space
+        self.buffer = Capacity(dram_cap)     # the DRAM staging buffer (its pump: the node's storage reads)
         self.read_queue: deque = deque()     # requests waiting to read from storage
         self.active_reads = 0
-        self.read_q_tokens = 0.0             # tokens queued or being read (the scheduler's read_q)
-        self.read_tokens = 0.0               # tokens ever given to this node to read
 
 
 class Engine:
     """A PE or DE (one GPU). Carries the scheduler's view: id, node, tok, seq, hbm_free_bytes, group."""
 
     __slots__ = ("id", "name", "role", "node", "group", "cnic_rx", "cnic_tx", "tok", "seq", "hbm_free_bytes",
-                 "ready", "hbm_cap", "hbm_used", "hbm_waiters", "batch", "ctx_sum", "min_sum", "step_s")
+                 "ready", "hbm_cap", "hbm", "hbm_waiters", "batch", "ctx_sum", "min_sum", "step_s")
 
     def __init__(self, id: int, gpu: int, role: str, node: Node, group: int, net: Network, cnic_rate: float,
                  hbm_cap: float):
@@ -72,9 +67,9 @@ class Engine:
         self.seq = 0
         self.hbm_cap = hbm_cap
         self.hbm_free_bytes = hbm_cap    # DE: not yet promised; PE: unused
-        self.hbm_used = 0.0              # PE whole-request prefill: KV held in HBM
+        self.hbm = Capacity(hbm_cap)     # PE whole-request prefill: KV held in HBM
         self.hbm_waiters: deque = deque()
-        self.ready: deque = deque()      # PE: requests whose KV can be loaded, FIFO
+        self.ready = None                # PE: requests ready to compute (its prefill group's queue)
         self.batch = 0                   # DE: sequences decoding
         self.ctx_sum = 0.0
         self.min_sum = 0.0

@@ -9,17 +9,46 @@ computes only requests whose KV is already in HBM, and sends their KV to the DE 
 """
 from __future__ import annotations
 
-from engines.policy import pack_chunked, pack_whole
-from engines.sim.cluster import Engine
+import itertools
+from typing import Callable
 
-PACK_WINDOW = 256  # ready requests a PE looks at when forming a batch
+from sortedcontainers import SortedList
+
+from engines.costmodel.cost import CostModel
+from engines.policy import pack_chunked, pack_whole
+from engines.sim.capacity import Capacity
+from engines.sim.cluster import Engine
+from engines.sim.core import EventLoop
+
+_ready_order = itertools.count()  # FIFO position of a request in its PE's ready queue (unique, any run)
 
 
 class PrefillGroup:
-    def __init__(self, index: int, pes: list[Engine], sim):
+    """One expert-parallel prefill group. It needs a loop, a cost model, the DE-side staging buffer of a
+    request (`de_buffer`), and callbacks: `load_kv(pe, req, nbytes, on_done)` (layer-wise: cached KV
+    into HBM), `send_to_de(pe, req, nbytes)`, `on_step(pe, batch, step_s, now)` (telemetry),
+    `on_prefilled(pe, req)` (its first token) and `on_step_end()` (PE load changed: schedule again)."""
+
+    def __init__(self, index: int, pes: list[Engine], loop: EventLoop, cost: CostModel, *, layerwise: bool,
+                 streams: bool, chunked: bool, quota_s: float, de_buffer: Callable[[object], Capacity],
+                 load_kv: Callable, send_to_de: Callable, on_step: Callable, on_prefilled: Callable,
+                 on_step_end: Callable[[], None]):
         self.index = index
         self.pes = pes
-        self.sim = sim
+        for pe in pes:
+            pe.ready = SortedList()  # (order, request): ready to compute, FIFO; parked requests leave it
+        self.loop = loop
+        self.cost = cost
+        self.layerwise = layerwise
+        self.streams = streams  # layer-wise with real I/O: KV streams in and out while the batch computes
+        self.chunked = chunked
+        self.quota_s = quota_s
+        self.de_buffer = de_buffer
+        self.load_kv = load_kv
+        self.send_to_de = send_to_de
+        self.on_step = on_step
+        self.on_prefilled = on_prefilled
+        self.on_step_end = on_step_end
         self.busy = False
         self.items: list[tuple[Engine, list]] = []
         self.t0 = 0.0
@@ -27,42 +56,75 @@ class PrefillGroup:
         self.loads_pending = 0
         self.compute_done = False
         self.t_loads_done = 0.0
+        self.parked: dict[Capacity, list] = {}       # requests waiting for room in a DE buffer, by buffer
+        self._wakers: dict[Capacity, Callable] = {}  # one watcher per buffer: unpark, then kick
+
+    def add_ready(self, pe: Engine, req) -> None:
+        """`req` can be computed on `pe` (its KV is loadable or in HBM): queue it and try a step."""
+        req.ready_order = next(_ready_order)
+        pe.ready.add((req.ready_order, req))
+        self.kick()
 
     # ----- batch formation -----------------------------------------------------------------------
+    def _needs_de_buffer(self, req) -> bool:
+        """Layer-wise prefill streams a PE-path request's whole KV to its DE buffer from its first chunk."""
+        return self.streams and req.chunks == 0 and req.read_side != "de"
+
+    def _candidates(self, pe: Engine, park: list):
+        """This PE's ready requests in order, less those whose DE buffer has no room (held: parked until
+        that buffer frees, or skipped when only this batch's own reservations crowd it out)."""
+        now = self.loop.now
+        reserve: dict[Capacity, float] = {}
+        for _, req in pe.ready:
+            if self._needs_de_buffer(req):
+                buf = self.de_buffer(req)
+                need = req.prompt_bytes
+                extra = reserve.get(buf, 0.0)
+                if not buf.fits(need, extra):
+                    req.hold(now)
+                    buf.watch(self._waker(buf))
+                    if not buf.fits(need):  # no room until the buffer frees
+                        park.append((pe, req, buf))
+                    continue
+                reserve[buf] = extra + need
+            yield req
+
+    def _waker(self, buf: Capacity) -> Callable[[], None]:
+        waker = self._wakers.get(buf)
+        if waker is None:
+            def waker() -> None:
+                for pe, req in self.parked.pop(buf, ()):
+                    pe.ready.add((req.ready_order, req))
+                self.kick()
+            self._wakers[buf] = waker
+        return waker
+
     def _form(self, pe: Engine) -> list:
         """Pick this PE's batch: [(request, tokens, attention_s)]; reserves DE buffers for PE-path KV."""
-        sim = self.sim
-        cost = sim.cost
-        candidates = []
-        reserve: dict[int, float] = {}
-        for req in pe.ready:
-            if len(candidates) >= PACK_WINDOW:
-                break
-            if sim.layerwise and not sim.free_io and req.chunks == 0 and req.read_side != "de":
-                node = sim.cluster.nodes[req.de.node]
-                need = req.prompt_bytes
-                extra = reserve.get(node.id, 0.0)
-                if node.dram_used + extra + need > node.dram_cap and (node.dram_used + extra) > 0:
-                    node.blocked_groups[self] = None  # kick this group when that buffer frees
-                    req.hold(sim.loop.now)
-                    continue  # its DE buffer is full: leave it for a later step
-                reserve[node.id] = extra + need
-            candidates.append(req)
-        if not candidates:
-            return []
-        shapes = [(r.cached_now, r.remaining) for r in candidates]
-        if sim.policy.paper_scheduler:
-            packed = pack_chunked(shapes, cost.prefill_attention_s, cost.max_chunk, sim.k.compute_quota_s,
-                                  cost.batch_speed)
+        cost = self.cost
+        candidates: list = []
+        park: list = []
+
+        def shapes():
+            for req in self._candidates(pe, park):
+                candidates.append(req)
+                yield req.cached_now, req.remaining
+
+        if self.chunked:
+            packed = pack_chunked(shapes(), cost.prefill_attention_s, cost.max_chunk, self.quota_s, cost.batch_speed)
         else:
-            packed = pack_whole(shapes, cost.prefill_attention_s, sim.k.compute_quota_s, cost.batch_speed)
+            packed = pack_whole(shapes(), cost.prefill_attention_s, self.quota_s, cost.batch_speed)
+        for p, req, buf in park:
+            pe.ready.remove((req.ready_order, req))
+            self.parked.setdefault(buf, []).append((p, req))
         out = []
+        now = self.loop.now
         for item in packed:
             req = candidates[item.index]
-            if sim.layerwise and not sim.free_io and req.chunks == 0 and req.read_side != "de":
-                sim.reserve(sim.cluster.nodes[req.de.node], req.prompt_bytes)
+            if self._needs_de_buffer(req):
+                self.de_buffer(req).reserve(req.prompt_bytes)
                 req.de_dram += req.prompt_bytes
-                req.unhold(sim.loop.now)
+                req.unhold(now)
             out.append((req, item.tokens, item.attention_s))
         return out
 
@@ -70,12 +132,11 @@ class PrefillGroup:
         """Start a step if the group is idle and some PE has ready work."""
         if self.busy:
             return
-        sim = self.sim
         items = []
         tokens = 0
         requests = 0
         attn_max = 0.0
-        cost = sim.cost
+        cost = self.cost
         for pe in self.pes:
             if not pe.ready:
                 continue
@@ -94,15 +155,15 @@ class PrefillGroup:
         self.compute_s = attn_max + ffn + cost.prefill_step_overhead_s
         self.busy = True
         self.items = items
-        self.t0 = sim.loop.now
+        self.t0 = self.loop.now
         self.loads_pending = 0
         self.compute_done = False
         self.t_loads_done = self.t0
-        if sim.layerwise and not sim.free_io:
+        if self.streams:
             for pe, batch in items:
                 for req, ntok, _ in batch:
                     self._start_streams(pe, req, ntok)
-        sim.loop.after(self.compute_s, self._compute_end)
+        self.loop.after(self.compute_s, self._compute_end)
 
     def _start_streams(self, pe: Engine, req, ntok: int) -> None:
         """Layer-wise: load this request's cached KV into HBM and stream its new (PE path: all) KV out.
@@ -110,7 +171,6 @@ class PrefillGroup:
         On the PE path the loads (local H2D) and the outgoing stream both leave through the PE's CNIC;
         layer k goes out only after layer k came in and was computed, so the outgoing stream starts when
         the load is done. On the DE path they cross the CNIC in opposite directions and overlap."""
-        sim = self.sim
         load = req.cached_now * req.kv
         pe_path = req.read_side != "de"
         out = ntok * req.kv + (req.hit_bytes if req.chunks == 0 and pe_path else 0.0)
@@ -120,19 +180,19 @@ class PrefillGroup:
 
             def loaded() -> None:
                 req.outstanding -= 1
-                sim.send_to_de(pe, req, out)
+                self.send_to_de(pe, req, out)
                 self._load_done()
-            sim.load_kv(pe, req, load, loaded)
+            self.load_kv(pe, req, load, loaded)
             return
         if load > 0:
             self.loads_pending += 1
-            sim.load_kv(pe, req, load, self._load_done)
-        sim.send_to_de(pe, req, out)
+            self.load_kv(pe, req, load, self._load_done)
+        self.send_to_de(pe, req, out)
 
     def _load_done(self) -> None:
         self.loads_pending -= 1
         if self.loads_pending == 0:
-            self.t_loads_done = self.sim.loop.now
+            self.t_loads_done = self.loop.now
             if self.compute_done:
                 self._finish_after_last_layer()
 
@@ -143,34 +203,31 @@ class PrefillGroup:
 
     def _finish_after_last_layer(self) -> None:
         """The last layer can only compute after its KV arrived: end >= last load + one layer."""
-        sim = self.sim
-        layer_s = self.compute_s / sim.cost.model.layers
-        end = max(sim.loop.now, self.t_loads_done + layer_s)
-        sim.loop.at(end, self._step_end)
+        layer_s = self.compute_s / self.cost.model.layers
+        end = max(self.loop.now, self.t_loads_done + layer_s)
+        self.loop.at(end, self._step_end)
 
     def _step_end(self) -> None:
-        sim = self.sim
-        now = sim.loop.now
+        now = self.loop.now
         step_s = now - self.t0
         items, self.items = self.items, []
         self.busy = False
         active = {pe.id for pe, _ in items}
         for pe in self.pes:  # every GPU of the group took part in the step, idle ones with no attention
             if pe.id not in active:
-                sim.record_step(pe, (), step_s, now)
+                self.on_step(pe, (), step_s, now)
         for pe, batch in items:
-            done = set()
+            done = []
             for req, ntok, _ in batch:
                 req.remaining -= ntok
                 req.cached_now += ntok
                 req.chunks += 1
                 if req.remaining <= 0:
-                    done.add(id(req))
-            sim.record_step(pe, batch, step_s, now)
-            if done:
-                pe.ready = type(pe.ready)(r for r in pe.ready if id(r) not in done)
-            for req, _, _ in batch:
-                if id(req) in done:
-                    sim.prefill_done(pe, req)
-        sim.mark_dirty()
+                    done.append(req)
+            self.on_step(pe, batch, step_s, now)
+            for req in done:
+                pe.ready.remove((req.ready_order, req))
+            for req in done:
+                self.on_prefilled(pe, req)
+        self.on_step_end()
         self.kick()

@@ -38,8 +38,9 @@ class MemorySink:
 
 
 class Recorder:
-    def __init__(self, system: str, sink, cluster, window_s: float, agent_ids):
+    def __init__(self, system: str, sink, cluster, window_s: float, agent_ids, read_q):
         self.system = system
+        self.read_q = read_q  # tokens queued or being read per node
         self.sink = sink
         self.cluster = cluster
         self.window_s = window_s
@@ -83,7 +84,7 @@ class Recorder:
                 d["attention_s"].append(math.nan)
                 d["step_s"].append(de.step_s)
                 d["queued_tokens"].append(int(de.tok))
-                d["read_queue_tokens"].append(int(self.cluster.nodes[de.node].read_q_tokens))
+                d["read_queue_tokens"].append(int(self.read_q[de.node]))
                 d["group"].append(de.group)
             if len(d["t"]) >= FLUSH_ROWS:
                 self._flush_engines()

@@ -11,7 +11,7 @@ class Request:
                  "t_sched", "t_dispatch", "t_read_start", "t_read_done", "t_first", "t_second",
                  "t_decode", "t_done", "pe", "de", "read_side", "remaining", "cached_now", "chunks",
                  "outstanding", "prefilled", "pe_dram", "de_dram", "pe_hbm", "decode_ctx", "read_bytes",
-                 "t_held", "alloc_s", "alloc_s_at_read")
+                 "t_held", "alloc_s", "alloc_s_at_read", "ready_order")
 
     def __init__(self, agent: int, rnd: int, prompt: int, hit: int, gen: int, t_sched: float, kv_per_token: float):
         self.agent = agent
@@ -42,6 +42,7 @@ class Request:
         self.t_held = NAN                           # since when a full buffer holds it back (NaN: it is not held)
         self.alloc_s = 0.0                          # time held back by full buffers (staging DRAM, PE HBM)
         self.alloc_s_at_read = 0.0                  # ... of which before its storage read started
+        self.ready_order = 0                        # its place in its PE's ready queue
 
     def hold(self, now: float) -> None:
         """A full buffer (staging DRAM, PE HBM, the DE buffer) keeps this request waiting from now."""

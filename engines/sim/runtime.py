@@ -9,14 +9,9 @@ back to storage as a small low-priority flow. `oracle` skips every read, copy an
 """
 from __future__ import annotations
 
-import itertools
-from collections import deque
-
 import numpy as np
 
-from engines.policy import (choose_de_least_loaded, choose_de_paper, choose_group, choose_pe_least_loaded,
-                            choose_pe_paper, group_z, plan_groups, read_side_pe_only, read_side_round_robin,
-                            read_side_shorter_queue)
+from engines.policy.dispatch import Dispatcher
 from engines.policy.systems import SystemPolicy
 from engines.sim.cluster import Cluster, ClusterShape, Engine, Node
 from engines.sim.core import EventLoop
@@ -26,9 +21,6 @@ from engines.sim.prefill import PrefillGroup
 from engines.sim.records import Recorder
 from engines.sim.request import Request
 from engines.costmodel.cost import CostModel
-
-Z_WINDOW = 512  # queued requests the DE scheduler looks at to compute Z
-
 
 class Simulation:
     def __init__(self, workload, policy: SystemPolicy, cost: CostModel, shape: ClusterShape, *,
@@ -42,22 +34,27 @@ class Simulation:
         self.free_io = policy.free_io
         self.cluster = Cluster(shape, cost, self.net)
         self.w = workload
-        self.queue: deque[Request] = deque()
         self.dirty = False
         self.progress = progress
-        self.groups = [PrefillGroup(i, g, self) for i, g in enumerate(self.cluster.pe_groups)]
+        self.groups = [
+            PrefillGroup(i, g, self.loop, cost, layerwise=self.layerwise, streams=self.layerwise and not self.free_io,
+                         chunked=policy.paper_scheduler, quota_s=self.k.compute_quota_s,
+                         de_buffer=lambda req: self.cluster.nodes[req.de.node].buffer, load_kv=self.load_kv,
+                         send_to_de=self.send_to_de, on_step=self.record_step, on_prefilled=self.prefill_done,
+                         on_step_end=self.mark_dirty)
+            for i, g in enumerate(self.cluster.pe_groups)]
+        for node in self.cluster.nodes:
+            node.buffer.on_free = lambda node=node: self.pump_reads(node)
+        for pe in self.cluster.pes:
+            pe.hbm.on_free = lambda pe=pe: self.pump_pe_hbm(pe)
         self.decoders = [DecodeGroup(g, self.loop, cost, self.finish) for g in self.cluster.de_groups]
-        self.rec = Recorder(policy.name, sink, self.cluster, window_s, workload.agent_ids)
         self.alpha = cost.alpha_tokens()
         self.beta = cost.beta_tokens(workload.hit_mean, workload.new_mean)
-        if policy.read_sides == "shorter-queue":
-            self.choose_side = read_side_shorter_queue
-        elif policy.read_sides == "round-robin":
-            self.choose_side = read_side_round_robin()
-        else:
-            self.choose_side = read_side_pe_only
+        self.dispatcher = Dispatcher(policy, self.cluster.pes, self.cluster.des, nodes=len(self.cluster.nodes),
+                                     alpha=self.alpha, beta=self.beta, z_factor=self.k.de_z_factor)
+        self.read_q = self.dispatcher.read_q  # tokens queued or being read per node (the scheduler's view)
+        self.rec = Recorder(policy.name, sink, self.cluster, window_s, workload.agent_ids, self.read_q)
         self.agents_left = workload.agents
-        self.dispatched = 0
         self.agent_done_t = np.full(workload.agents, np.nan)
 
     # ----- run ---------------------------------------------------------------------------------
@@ -79,7 +76,7 @@ class Simulation:
         w = self.w
         i = w.offsets[a] + r
         req = Request(a, r, int(w.prompt[i]), int(w.hit[i]), int(w.gen[i]), self.loop.now, self.cost.kv_bytes_per_token)
-        self.queue.append(req)
+        self.dispatcher.submit(req, req.length, req.hbm_need, req.hit)
         self.mark_dirty()
 
     def still_running(self) -> bool:
@@ -89,7 +86,7 @@ class Simulation:
             return False
         if len(self.loop) == 0:
             raise RuntimeError(f"simulation stalled at t={self.loop.now:.3f} s with {self.agents_left} agents left "
-                               f"and {len(self.queue)} requests queued")
+                               f"and {self.dispatcher.queued} requests queued")
         return True
 
     def mark_dirty(self) -> None:
@@ -97,108 +94,40 @@ class Simulation:
             self.dirty = True
             self.loop.at(self.loop.now, self.schedule)
 
-    def read_q(self, node: int) -> float:
-        return self.cluster.nodes[node].read_q_tokens
-
-    def read_so_far(self, node: int) -> float:
-        return self.cluster.nodes[node].read_tokens
-
     # ----- the global scheduler ----------------------------------------------------------------
     def schedule(self) -> None:
+        """One dispatch pass of the shared scheduler (engines/policy/dispatch.py); apply its decisions."""
         self.dirty = False
-        queue = self.queue
-        if not queue:
-            return
-        pes, des, groups = self.cluster.pes, self.cluster.des, self.cluster.de_groups
-        paper = self.policy.paper_scheduler
-        if paper:  # phase 1 over the head of the queue: each request's group, and each group's Z over its own
-            head = list(itertools.islice(queue, Z_WINDOW))
-            lengths = [r.length for r in head]
-            plan = plan_groups(lengths, groups)
-            z = group_z(lengths, [r.hbm_need for r in head], plan, groups, self.k.de_z_factor)
-            planned = {id(r): g for r, g in zip(head, plan)}
-        held: list[Request] = []  # requests whose group has no room: they keep their place, others go on
-        blocked: set[int] = set()
-        while queue:
-            req = queue[0]
-            turn = self.dispatched
-            if paper:
-                p = choose_pe_paper(pes, self.read_q, self.alpha, self.beta, turn)
-                if p < 0:
-                    break
-                g = planned.get(id(req))
-                if g is None:
-                    g = choose_group(groups) if len(groups) > 1 else 0
-                d = -1 if g in blocked else choose_de_paper(req.length, req.hbm_need, groups[g], z[g], turn)
-                de = groups[g][d] if d >= 0 else None
-                if de is None:  # this group's private queue waits for HBM; the other groups' go on
-                    blocked.add(g)
-                    if len(blocked) == len(groups):
-                        break
-                    held.append(queue.popleft())
-                    continue
-            else:
-                p = choose_pe_least_loaded(pes, turn)
-                d = choose_de_least_loaded(req.hbm_need, des, turn)
-                de = des[d] if d >= 0 else None
-                if de is None:
-                    break
-            queue.popleft()
-            self.dispatched += 1
-            pe = pes[p]
-            pe.tok += req.length
-            pe.seq += 1
-            de.tok += req.length
-            de.seq += 1
-            de.hbm_free_bytes -= req.hbm_need
-            self.dispatch(req, pe, de)
-        queue.extendleft(reversed(held))
+        pes, des = self.cluster.pes, self.cluster.des
+        for d in self.dispatcher.dispatch():
+            self.dispatch(d.request, pes[d.pe], des[d.de], d.read_side)
 
-    def dispatch(self, req: Request, pe: Engine, de: Engine) -> None:
+    def dispatch(self, req: Request, pe: Engine, de: Engine, side: str) -> None:
         req.t_dispatch = self.loop.now
         req.pe, req.de = pe, de
-        if self.free_io or req.hit == 0:
-            req.read_side = "none"
+        req.read_side = side
+        if side == "none":
             req.t_read_start = req.t_read_done = self.loop.now
             self.pe_ready(req)
             return
-        req.read_side = self.choose_side(pe.node, de.node, self.read_q, self.read_so_far)
-        node = self.cluster.nodes[pe.node if req.read_side == "pe" else de.node]
+        node = self.cluster.nodes[pe.node if side == "pe" else de.node]
         node.read_queue.append(req)
-        node.read_q_tokens += req.hit
-        node.read_tokens += req.hit
         self.pump_reads(node)
 
     # ----- storage reads and staging buffers -----------------------------------------------------
-    def reserve(self, node: Node, nbytes: float) -> None:
-        node.dram_used += nbytes
-
-    def release(self, node: Node, nbytes: float) -> None:
-        node.dram_used -= nbytes
-        if node.dram_used < 1e-6:
-            node.dram_used = 0.0
-        self.pump_reads(node)
-        while node.dram_waiters:
-            if not node.dram_waiters[0]():
-                break
-            node.dram_waiters.popleft()
-        if node.blocked_groups:
-            groups, node.blocked_groups = node.blocked_groups, {}
-            for group in groups:
-                group.kick()
-
     def pump_reads(self, node: Node) -> None:
         k = self.k
+        buffer = node.buffer
         while node.active_reads < k.read_parallelism and node.read_queue:
             req = node.read_queue[0]
             need = req.hit_bytes if req.read_side == "pe" else req.prompt_bytes
-            if node.dram_used + need > node.dram_cap and node.dram_used > 0:
+            if not buffer.fits(need):
                 req.hold(self.loop.now)
                 return  # the staging buffer is full: the SNIC idles until a consumer frees it
             node.read_queue.popleft()
             req.unhold(self.loop.now)
             req.alloc_s_at_read = req.alloc_s
-            self.reserve(node, need)
+            buffer.reserve(need)
             if req.read_side == "pe":
                 req.pe_dram = need
             else:
@@ -213,7 +142,7 @@ class Simulation:
 
     def read_done(self, node: Node, req: Request) -> None:
         node.active_reads -= 1
-        node.read_q_tokens -= req.hit
+        self.dispatcher.read_done(node.id, req.hit)
         req.t_read_done = self.loop.now
         self.pump_reads(node)
         self.pe_ready(req)
@@ -222,22 +151,22 @@ class Simulation:
     def pe_ready(self, req: Request) -> None:
         pe = req.pe
         if self.layerwise or self.free_io:
-            pe.ready.append(req)
-            self.groups[pe.group].kick()
+            self.groups[pe.group].add_ready(pe, req)
             return
         pe.hbm_waiters.append(req)  # whole-request prefill: all its KV must be in HBM first
         self.pump_pe_hbm(pe)
 
     def pump_pe_hbm(self, pe: Engine) -> None:
+        hbm = pe.hbm
         while pe.hbm_waiters:
             req = pe.hbm_waiters[0]
             need = req.prompt_bytes
-            if pe.hbm_used + need > pe.hbm_cap and pe.hbm_used > 0:
+            if not hbm.fits(need):
                 req.hold(self.loop.now)
                 return
             pe.hbm_waiters.popleft()
             req.unhold(self.loop.now)
-            pe.hbm_used += need
+            hbm.reserve(need)
             req.pe_hbm = need
             if req.hit_bytes > 0:
                 self.net.start(req.hit_bytes, (pe.cnic_tx, pe.cnic_rx), (self.cluster.nodes[pe.node].dram_tx,),
@@ -248,10 +177,9 @@ class Simulation:
     def h2d_done(self, req: Request) -> None:
         pe = req.pe
         if req.pe_dram:
-            self.release(self.cluster.nodes[pe.node], req.pe_dram)
+            self.cluster.nodes[pe.node].buffer.release(req.pe_dram)
             req.pe_dram = 0.0
-        pe.ready.append(req)
-        self.groups[pe.group].kick()
+        self.groups[pe.group].add_ready(pe, req)
 
     def load_kv(self, pe: Engine, req: Request, nbytes: float, on_done) -> None:
         """Layer-wise: stream a request's cached KV into the PE's HBM during a step."""
@@ -278,10 +206,9 @@ class Simulation:
     def prefill_done(self, pe: Engine, req: Request) -> None:
         req.t_first = self.loop.now
         req.prefilled = True
-        pe.tok -= req.length
-        pe.seq -= 1
+        self.dispatcher.prefill_done(pe.id, req.length)
         if req.pe_dram:  # layer-wise PE path: the last chunk has loaded its KV
-            self.release(self.cluster.nodes[pe.node], req.pe_dram)
+            self.cluster.nodes[pe.node].buffer.release(req.pe_dram)
             req.pe_dram = 0.0
         if self.free_io:
             self.to_decode(req)
@@ -295,9 +222,9 @@ class Simulation:
         node = self.cluster.nodes[req.de.node]
 
         def attempt() -> bool:
-            if node.dram_used + req.prompt_bytes > node.dram_cap and node.dram_used > 0:
+            if not node.buffer.fits(req.prompt_bytes):
                 return False
-            self.reserve(node, req.prompt_bytes)
+            node.buffer.reserve(req.prompt_bytes)
             req.de_dram = req.prompt_bytes
             pe = req.pe
             req.outstanding += 1
@@ -305,14 +232,12 @@ class Simulation:
                            lambda: self.whole_sent(req))
             return True
 
-        if node.dram_waiters or not attempt():
-            node.dram_waiters.append(attempt)
+        node.buffer.wait(attempt)
 
     def whole_sent(self, req: Request) -> None:
         pe = req.pe
-        pe.hbm_used -= req.pe_hbm
-        req.pe_hbm = 0.0
-        self.pump_pe_hbm(pe)
+        nbytes, req.pe_hbm = req.pe_hbm, 0.0
+        pe.hbm.release(nbytes)
         self.sent(req)
 
     # ----- decode ------------------------------------------------------------------------------
@@ -329,7 +254,7 @@ class Simulation:
 
     def de_h2d_done(self, req: Request) -> None:
         if req.de_dram:
-            self.release(self.cluster.nodes[req.de.node], req.de_dram)
+            self.cluster.nodes[req.de.node].buffer.release(req.de_dram)
             req.de_dram = 0.0
         self.decode_join(req)
 
@@ -340,7 +265,7 @@ class Simulation:
     def finish_early(self, req: Request) -> None:
         """A round with at most one output token is done when its first token is."""
         if req.de_dram:
-            self.release(self.cluster.nodes[req.de.node], req.de_dram)
+            self.cluster.nodes[req.de.node].buffer.release(req.de_dram)
             req.de_dram = 0.0
         req.t_decode = req.t_second = self.loop.now
         self.finish(req, req.de)
@@ -350,9 +275,7 @@ class Simulation:
         req.t_done = now
         if req.t_second > now:  # predicted at decode start; the batch may have shrunk since
             req.t_second = now
-        de.tok -= req.length
-        de.seq -= 1
-        de.hbm_free_bytes += req.hbm_need
+        self.dispatcher.decode_done(de.id, req.length, req.hbm_need)
         if not self.free_io:  # write-back of the new KV: low priority, never a bottleneck (~2 % of reads)
             node = self.cluster.nodes[de.node]
             nbytes = (req.new + req.gen) * req.kv
@@ -370,4 +293,4 @@ class Simulation:
         self.mark_dirty()
 
     def record_step(self, pe: Engine, batch, step_s: float, now: float) -> None:
-        self.rec.step(pe, batch, step_s, now, len(pe.ready), self.cluster.nodes[pe.node].read_q_tokens)
+        self.rec.step(pe, batch, step_s, now, len(pe.ready), self.read_q[pe.node])
