@@ -92,14 +92,16 @@ class PdBounds:
                 "busiest": max(loads, key=lambda k: loads[k]) if loads else None}
 
 
-def pd_bounds(hw: HardwareSpec) -> PdBounds:
+def pd_bounds(hw: HardwareSpec, cnic_efficiency: float = 1, snic_efficiency: float = 1) -> PdBounds:
+    """Eq. 9 at line rates, or (efficiencies < 1) at the rates a link achieves, as the simulator's
+    `cnic_efficiency` and `snic_efficiency` have it (DRAM stays at M)."""
     g = hw.gpus_per_node
-    cnic = exact(hw.cnic_gbps)
+    cnic = exact(hw.cnic_gbps) * exact(cnic_efficiency)
     if g <= 0 or cnic <= 0:
         raise InputError(f"{hw.name}: eq. 9 needs gpus_per_node > 0 and cnic_gbps > 0",
                          field="gpus_per_node" if g <= 0 else "cnic_gbps")
     b = cnic * 10**9 / 8
-    s = hw.snic_count * exact(hw.snic_gbps) / cnic
+    s = hw.snic_count * exact(hw.snic_gbps) * exact(snic_efficiency) / cnic
     m = exact(hw.dram_bw_bytes_s)
     cons: list[Constraint] = [Constraint(PE_CNIC_READ, "any", None, "2s/g <= 1", holds=2 * s <= g)]
     if s == 0:  # no storage bandwidth: no read traffic, nothing bounds P/D
@@ -140,7 +142,8 @@ def parse_pd(text: str) -> tuple[int, int]:
 def storage_compute_balance(hw: HardwareSpec, model_name: str, shape: tuple[int, int] = PAPER_64K_SHAPE) -> dict:
     """With a model: the prompt tokens per second a node's storage can feed at line rate vs what one
     prefill node computes on requests of `shape` (cached, appended tokens), and the P/D at which
-    DualPath's storage ((P + D) sB) meets the prefill compute (P g c): below it storage binds."""
+    DualPath's storage ((P + D) sB) meets the prefill compute (P g c): below it storage binds. None when
+    compute binds at any P/D (one node's storage alone outruns its prefill)."""
     from engines.costmodel import CostModel, SimConstants, model_spec
 
     model = model_spec(model_name)

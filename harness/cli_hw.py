@@ -19,6 +19,8 @@ def register(sub) -> None:
     b.add_argument("--hardware", required=True, help="a name under scenarios/hardware/ or a path")
     b.add_argument("--model", help="also: storage vs prefill compute per node for this model (paper-64k shape)")
     b.add_argument("--pd", metavar="P:D", help="a P:D node ratio (2:4 or 2P4D): inside or not, by what margin")
+    b.add_argument("--sim-rates", action="store_true", help="at the rates the simulator's links achieve "
+                   "(cnic_efficiency, snic_efficiency of engines/costmodel/constants.py) instead of line rates")
     b.add_argument("--json", action="store_true", help="print JSON on stdout (only that)")
     b.set_defaults(func=cmd_bounds)
 
@@ -65,11 +67,18 @@ def cmd_bounds(args) -> int:
 
     pd = parse_pd(args.pd) if args.pd else None
     hw = hardware_spec(args.hardware)
-    b = pd_bounds(hw)
+    if args.sim_rates:
+        from engines.costmodel import SimConstants
+        k = SimConstants()
+        b = pd_bounds(hw, k.cnic_efficiency, k.snic_efficiency)
+    else:
+        b = pd_bounds(hw)
+    rates = (f"simulator rates: CNIC x {k.cnic_efficiency:g}, SNIC x {k.snic_efficiency:g}, DRAM at M"
+             if args.sim_rates else "line rates")
     balance = storage_compute_balance(hw, args.model) if args.model else None
     verdict = b.verdict(*pd) if pd else None
     if args.json:
-        out = {"hardware": hw.name, "g": b.g, "B_bytes_s": float(b.cnic_bytes_s), "s": _num(b.s),
+        out = {"hardware": hw.name, "rates": rates, "g": b.g, "B_bytes_s": float(b.cnic_bytes_s), "s": _num(b.s),
                "M_bytes_s": float(b.dram_bytes_s), "empty": b.empty, "lower": _num(b.lower), "upper": _num(b.upper),
                "range": None if b.empty else f"{b.lower} <= P/D <= {'inf' if b.upper is None else b.upper}",
                "lower_binds": list(b.lower_binds), "upper_binds": list(b.upper_binds),
@@ -84,8 +93,8 @@ def cmd_bounds(args) -> int:
             out["storage_compute"] = balance
         emit_json(out)
         return 0
-    print(f"{hw.name}: g = {b.g} GPUs/node, B = {hw.cnic_gbps:g} Gbps per CNIC, s = {_frac(b.s)} "
-          f"({hw.snic_count} x {hw.snic_gbps:g} Gbps SNIC), M = {float(b.dram_bytes_s) / 1e9:g} GB/s")
+    print(f"{hw.name}: g = {b.g} GPUs/node, B = {float(b.cnic_bytes_s) * 8 / 1e9:g} Gbps per CNIC, s = {_frac(b.s)} "
+          f"({hw.snic_count} x {hw.snic_gbps:g} Gbps SNIC), M = {float(b.dram_bytes_s) / 1e9:g} GB/s ({rates})")
     if b.empty:
         broken = [c for c in b.constraints if c.kind == "any" and not c.holds]
         why = ", ".join(f"{c.name} ({c.formula})" for c in broken) or (
@@ -96,7 +105,7 @@ def cmd_bounds(args) -> int:
         print(f"{b.lower} <= P/D <= {'inf' if b.upper is None else b.upper}")
         print(f"  lower end {_frac(b.lower)}: {', '.join(b.lower_binds) or 'none'}")
         print(f"  upper end {_frac(b.upper)}: {', '.join(b.upper_binds) or 'none'}")
-    print("constraints (line rates, reads spread evenly over every node's SNIC):")
+    print("constraints (reads spread evenly over every node's SNIC):")
     for c in b.constraints:
         if c.kind == "any":
             cell = f"{'holds' if c.holds else 'FAILS'} for any P/D"
@@ -114,7 +123,7 @@ def cmd_bounds(args) -> int:
             parts.append(f"the upper bound is {float(verdict['upper_times_ratio']):.3g}x it")
         print(f" ({'; '.join(parts)})" if parts else "")
         loads = ", ".join(f"{k} {float(v):.0%}" for k, v in verdict["loads"].items())
-        print(f"  link loads with every SNIC reading at line rate: {loads}")
+        print(f"  link loads with every SNIC reading at full rate: {loads}")
         if verdict["over_line_rate"]:
             print(f"  over line rate: {', '.join(verdict['over_line_rate'])}")
     if balance:
@@ -123,7 +132,8 @@ def cmd_bounds(args) -> int:
               f"cached + {balance['shape']['new']} new tokens): one node's storage feeds "
               f"{balance['storage_tokens_s_per_node']:,.0f} prompt tokens/s, one prefill node computes "
               f"{balance['prefill_tokens_s_per_node']:,.0f}")
-        print("  storage-bound at any P/D" if bal is None else
+        print("  prefill compute binds at any P/D: one node's storage outruns its own prefill (Basic included)"
+              if bal is None else
               f"  DualPath's storage meets prefill compute at P/D = {bal:.3g} (below it storage binds, above it compute)")
     return 0
 

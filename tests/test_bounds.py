@@ -134,3 +134,25 @@ def test_model_balance_is_storage_over_compute(cli):
     assert bal["dualpath_balanced_pd"] == pytest.approx(s / (c - s))
     r = cli("bounds", "--hardware", "hopper-paper", "--model", "deepseek-v3.2-660b")
     assert "DualPath's storage meets prefill compute at P/D =" in r.out
+
+
+def test_model_balance_when_compute_binds_everywhere(cli):
+    """An H20 node computes less than its storage feeds: no P/D makes DualPath storage-bound."""
+    bal = storage_compute_balance(hardware_spec("hopper-h20"), "deepseek-v3.2-660b")
+    assert bal["prefill_tokens_s_per_node"] < bal["storage_tokens_s_per_node"]
+    assert bal["dualpath_balanced_pd"] is None and bal["basic_storage_bound"] is False
+    assert "prefill compute binds at any P/D" in cli("bounds", "--hardware", "hopper-h20", "--model",
+                                                     "deepseek-v3.2-660b").out
+
+
+def test_sim_rates_use_the_simulators_link_efficiencies(cli):
+    """s = 0.549 x 400 / (0.8 x 400): the simulator's range is wider than the paper's (1P8D is inside it)."""
+    from engines.costmodel import SimConstants
+
+    k = SimConstants()
+    b = pd_bounds(hardware_spec("hopper-paper"), k.cnic_efficiency, k.snic_efficiency)
+    s = exact(k.snic_efficiency) / exact(k.cnic_efficiency)
+    assert b.s == s and b.lower == s / (8 - s)
+    assert b.upper == (8 - s) / (2 * s) and b.upper_binds == (DE_CNIC_WRITE,)  # DRAM's 7.6 no longer ties
+    out = cli("bounds", "--hardware", "hopper-paper", "--sim-rates", "--pd", "1:8", "--json").json()
+    assert out["pd"]["inside"] is True and out["rates"].startswith("simulator rates")
