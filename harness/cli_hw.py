@@ -143,10 +143,8 @@ def cmd_compare(args) -> int:
     from harness import compare
     from harness.cli import emit_json
     from harness.results import jsonable, write_json
-    from harness.scenario import load_scenario
-
     profiles = compare.profile_list(args.hardware)
-    scenario = load_scenario(args.scenario, [*args.overrides, f"hardware={profiles[0]}"])  # bad input: before any run
+    scenario = compare.preflight(args, profiles)  # bad input fails here, before any run or directory
     out_dir = Path(args.output) if args.output else _new_dir(scenario["name"])
     for profile in profiles:
         state = compare.run_profile(args, profile, out_dir / Path(profile).stem)

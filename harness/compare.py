@@ -41,6 +41,32 @@ def profile_list(text: str) -> list[str]:
     return names
 
 
+def preflight(args, profiles: list[str]) -> dict:
+    """Before anything runs or is written: every profile's scenario is valid for the simulator and can
+    run the scenario's trace (weights and KV fit), so a bad profile does not fail after others ran."""
+    from harness import cli_run
+    from harness.scenario import load_scenario
+    from harness.trace_input import scenario_trace
+
+    trace = None
+    first = None
+    for profile in profiles:
+        scenario = load_scenario(args.scenario, [*args.overrides, f"hardware={profile}"])
+        if scenario["backend"] != "sim":
+            raise InputError(f"compare varies the hardware profile, which only backend sim uses (backend is "
+                             f"{scenario['backend']})", path=args.scenario, field="backend")
+        backend = cli_run.backend_module(scenario, args.scenario)
+        if trace is None:
+            trace = cli_run.located(lambda: scenario_trace(scenario["trace"]), scenario, args.scenario)
+        try:
+            backend.check({**scenario, "_path": args.scenario}, trace)
+        except InputError as exc:
+            raise InputError(f"on {Path(profile).stem}: {exc.problem}", path=exc.path, line=exc.line,
+                             field=exc.field) from None
+        first = first or scenario
+    return first
+
+
 def run_profile(args, profile: str, run_dir: Path) -> str:
     """Run the scenario on one profile into run_dir; 'done' if it holds a finished run already."""
     from harness import cli_run
@@ -54,9 +80,6 @@ def run_profile(args, profile: str, run_dir: Path) -> str:
         raise InputError(f"holds an unfinished run (status {status!r}); remove it to run this profile again",
                          path=str(run_dir))
     scenario = load_scenario(args.scenario, [*args.overrides, f"hardware={profile}"])
-    if scenario["backend"] != "sim":
-        raise InputError(f"compare varies the hardware profile, which only backend sim uses (backend is "
-                         f"{scenario['backend']})", path=args.scenario, field="backend")
     backend = cli_run.backend_module(scenario, args.scenario)
     sub = argparse.Namespace(scenario=args.scenario, json=False)
     # each run prints its own table; here that is progress, so it goes to stderr

@@ -121,3 +121,12 @@ def test_table_shows_bottleneck_only_when_attributed():
     assert "bottleneck" not in text and "2.00x" in text
     row["systems"]["basic"]["bottleneck"] = "prefill snic"
     assert "prefill snic" in format_table({"capacity": False, "profiles": {"x": row}})
+
+
+def test_a_profile_the_model_does_not_fit_fails_before_any_profile_runs(tmp_path):
+    tiny = tmp_path / "tiny.yaml"
+    text = (REPO / "scenarios" / "hardware" / "hopper-paper.yaml").read_text()
+    tiny.write_text(text.replace("hbm_bytes: 80.0e9", "hbm_bytes: 8.0e9").replace("name: hopper-paper", "name: tiny"))
+    rc, out, err = _main(["compare", SCENARIO, "--hardware", f"hopper-paper,{tiny}", *SMALL, "-o", tmp_path / "c"])
+    assert rc == 2 and len(err.splitlines()) == 1 and "on tiny:" in err and "HBM" in err
+    assert not (tmp_path / "c").exists()
