@@ -68,14 +68,8 @@ class PdBounds:
     def loads(self, p: int, d: int) -> dict[str, Fraction]:
         """Each link's load at P prefill and D decode nodes as a share of its line rate (1 = full), with
         every node's SNIC reading at line rate and reads split evenly (DualPath, eq. 9's assumptions)."""
-        s, g, r = self.s, self.g, Fraction(p, d)
-        sb_m = s * self.cnic_bytes_s / self.dram_bytes_s if self.dram_bytes_s else None
-        out = {PE_CNIC_READ: 2 * s / g, PE_CNIC_WRITE: s / g * (1 + 1 / r), DE_CNIC_READ: s / g * (r + 2),
-               DE_CNIC_WRITE: s / g * (2 * r + 1)}
-        if sb_m is not None:
-            out[PE_DRAM] = 2 * sb_m
-            out[DE_DRAM] = (3 + 2 * r) * sb_m
-        return out
+        sb = self.s * self.cnic_bytes_s
+        return link_loads(p, d, self.g, sb, sb, self.cnic_bytes_s, self.dram_bytes_s)
 
     def verdict(self, p: int, d: int) -> dict:
         """Whether P:D lies inside, and by what margin: the ratio to each end (> 1 inside)."""
@@ -90,6 +84,24 @@ class PdBounds:
                 "distance_to_upper": None if self.upper is None else self.upper - r,
                 "loads": loads, "over_line_rate": over,
                 "busiest": max(loads, key=lambda k: loads[k]) if loads else None}
+
+
+def link_loads(p: int, d: int, g: int, pe_read, de_read, cnic_bytes_s, dram_bytes_s) -> dict:
+    """Eq. 9's per-link traffic for any read rates: `pe_read` and `de_read` bytes/s read from storage by
+    each prefill and each decode node (PE and DE read paths), as shares of a CNIC's rate (CNICs, per
+    GPU) and of M (DRAM, per node, read + write). PE read path: hops 3 and 5 read the PE CNIC, 4 writes
+    it; 7 and 9 write the DE CNIC, 8 reads it; the DE DRAM takes 7 and 8. DE read path: hop 5 writes the
+    PE CNIC; 3 and 6 read the DE CNIC, 7 writes it; the DE DRAM takes 2, 3 and 6 (reference/paper.md 2).
+    Miss-token KV (about 1 % of hit KV at the paper's hit rates) is left out, as in the paper."""
+    pe_total, de_total = p * pe_read, d * de_read
+    out = {PE_CNIC_READ: 2 * pe_read / g / cnic_bytes_s,
+           PE_CNIC_WRITE: (pe_total + de_total) / (p * g) / cnic_bytes_s,
+           DE_CNIC_READ: (pe_total + 2 * de_total) / (d * g) / cnic_bytes_s,
+           DE_CNIC_WRITE: (2 * pe_total + de_total) / (d * g) / cnic_bytes_s}
+    if dram_bytes_s:
+        out[PE_DRAM] = 2 * pe_read / dram_bytes_s
+        out[DE_DRAM] = (2 * pe_total + 3 * de_total) / d / dram_bytes_s
+    return out
 
 
 def pd_bounds(hw: HardwareSpec, cnic_efficiency: float = 1, snic_efficiency: float = 1) -> PdBounds:

@@ -3,6 +3,7 @@ invariant that ties the bounds to the link loads they come from."""
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -156,3 +157,34 @@ def test_sim_rates_use_the_simulators_link_efficiencies(cli):
     assert b.upper == (8 - s) / (2 * s) and b.upper_binds == (DE_CNIC_WRITE,)  # DRAM's 7.6 no longer ties
     out = cli("bounds", "--hardware", "hopper-paper", "--sim-rates", "--pd", "1:8", "--json").json()
     assert out["pd"]["inside"] is True and out["rates"].startswith("simulator rates")
+
+
+@pytest.mark.slow
+def test_the_simulator_moves_the_bytes_eq9_counts(tmp_path):
+    """Eq. 9's traffic model, fed with the storage reads a simulated run measured on each side, gives the
+    CNIC and DRAM loads the run measured (means over the run; miss-token KV, ~1 % here, is the gap)."""
+    from harness.cli import main
+    from harness.bounds import link_loads
+    from harness.compare import link_utilisation
+    from harness.results import load_results
+
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
+    out = tmp_path / "r"
+    assert main(["run", str(scenario), "--set", "model=deepseek-27b", "--set", "trace.synth.agents=3",
+                 "--set", "systems=[basic,dualpath]", "--set", "cluster.prefill_nodes=1",
+                 "--set", "cluster.decode_nodes=2", "-o", str(out)]) == 0
+    results, spec = load_results(out), hardware_spec("hopper-paper")
+    names = {PE_CNIC_WRITE: "prefill cnic rx", DE_CNIC_READ: "decode cnic tx", DE_CNIC_WRITE: "decode cnic rx",
+             DE_DRAM: "decode dram", "PE CNIC read": "prefill cnic tx", "PE DRAM": "prefill dram"}
+    for system, summary in results["summary"]["systems"].items():
+        links = results["links"][results["links"]["system"] == system]
+        util = link_utilisation(links, spec, {"prefill": 1, "decode": 2}, summary["duration_s"])
+        pe_read = util["prefill snic rx"]["mean"] * spec.snic_bytes_s
+        de_read = util.get("decode snic rx", {"mean": 0.0})["mean"] * spec.snic_bytes_s
+        if system == "basic":
+            assert de_read == 0
+        else:
+            assert de_read > 0
+        predicted = link_loads(1, 2, 8, pe_read, de_read, spec.cnic_bytes_s, spec.dram_bw_bytes_s)
+        for constraint, measured_class in names.items():
+            assert util[measured_class]["mean"] == pytest.approx(predicted[constraint], rel=0.05), (system, constraint)
