@@ -56,6 +56,9 @@ def preflight(args, profiles: list[str]) -> dict:
             raise InputError(f"compare varies the hardware profile, which only backend sim uses (backend is "
                              f"{scenario['backend']})", path=args.scenario, field="backend")
         backend = cli_run.backend_module(scenario, args.scenario)
+        slo = scenario.get("slo") or {}
+        if args.capacity and not slo.get("ttft_s") and not slo.get("tpot_s"):
+            raise InputError("--capacity needs slo.ttft_s and/or slo.tpot_s", path=args.scenario, field="slo")
         if trace is None:
             trace = cli_run.located(lambda: scenario_trace(scenario["trace"]), scenario, args.scenario)
         try:

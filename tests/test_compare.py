@@ -130,3 +130,8 @@ def test_a_profile_the_model_does_not_fit_fails_before_any_profile_runs(tmp_path
     rc, out, err = _main(["compare", SCENARIO, "--hardware", f"hopper-paper,{tiny}", *SMALL, "-o", tmp_path / "c"])
     assert rc == 2 and len(err.splitlines()) == 1 and "on tiny:" in err and "HBM" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_capacity_without_an_slo_fails_before_anything_runs(tmp_path):
+    rc, out, err = _main(["compare", SCENARIO, "--capacity", "--hardware", "hopper-paper", *SMALL, "-o", tmp_path / "c"])
+    assert rc == 2 and "slo" in err and len(err.splitlines()) == 1 and not (tmp_path / "c").exists()
