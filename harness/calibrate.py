@@ -237,14 +237,18 @@ def torch_compute(repeats: int) -> dict:
     out: dict = {"device": where, "cuda": cuda, "notes": []}
     n = 8192 if cuda else 1024
     reps = 10 if cuda else 1
-    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    # CPUs without AMX emulate BF16 matmul (~100x slower than FP32): on the CPU, FP32 is what it computes
+    dtype, dname = (torch.bfloat16, "BF16") if cuda else (torch.float32, "FP32")
+    if not cuda:
+        out["notes"].append("CPU: matmul and attention measured in FP32 (BF16 is emulated on most CPUs)")
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
 
     def mm():
         for _ in range(reps):
             torch.mm(a, b)
     mm()
-    out["bf16"] = _measure(timed(mm, 2 * n**3 * reps), repeats, "FLOP/s", f"torch.mm BF16 on {where}",
+    out["bf16"] = _measure(timed(mm, 2 * n**3 * reps), repeats, "FLOP/s", f"torch.mm {dname} on {where}",
                            f"{n} x {n} x {n}, {reps} per repeat")
     out["fp8"] = None
     if cuda and hasattr(torch, "float8_e4m3fn") and hasattr(torch, "_scaled_mm"):
@@ -261,14 +265,15 @@ def torch_compute(repeats: int) -> dict:
         except (RuntimeError, TypeError) as exc:
             out["notes"].append(f"FP8 matmul not measured ({str(exc).splitlines()[0][:80]}): set to BF16's")
     heads, seq, dim = (32, 4096, 128) if cuda else (8, 1024, 64)
-    q = torch.randn(1, heads, seq, dim, device=dev, dtype=torch.bfloat16)
+    q = torch.randn(1, heads, seq, dim, device=dev, dtype=dtype)
 
     def attn():
         for _ in range(reps):
             torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
     attn()
+    # causal: QK^T and PV (2 x 2 h s^2 d) over half of the pairs
     out["attention"] = _measure(timed(attn, 2 * heads * seq * seq * dim * reps), repeats, "FLOP/s",
-                                f"scaled_dot_product_attention BF16 causal on {where}",
+                                f"scaled_dot_product_attention {dname} causal on {where}",
                                 f"{heads} heads x {seq} tokens x {dim}, {reps} per repeat")
     if cuda:
         size = 1 << 30

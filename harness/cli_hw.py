@@ -171,6 +171,10 @@ def _new_dir(name: str) -> Path:
     return new_run_dir(Path("results"), f"compare-{name}")
 
 
+def _flops(x: float) -> str:
+    return f"{x / 1e12:.3g} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.3g} GFLOP/s"
+
+
 # ----- calibrate ---------------------------------------------------------------------------------
 def cmd_calibrate(args) -> int:
     import tempfile
@@ -196,6 +200,6 @@ def cmd_calibrate(args) -> int:
     c, w, m, t = (result[k] for k in ("storage_cold", "storage_warm", "memcpy", "loopback_tcp"))
     g = result["gpu"]
     print(f"storage read cold {c.value / 1e9:.3g} GB/s, warm {w.value / 1e9:.3g} GB/s; memcpy {m.value / 1e9:.3g} "
-          f"GB/s; loopback TCP {t.value * 8 / 1e9:.3g} Gbps; matmul {g['bf16'].value / 1e12:.3g} TFLOP/s on {g['device']}")
+          f"GB/s; loopback TCP {t.value * 8 / 1e9:.3g} Gbps; matmul {_flops(g['bf16'].value)} on {g['device']}")
     print(f"profile: {out}", file=sys.stderr)
     return 0

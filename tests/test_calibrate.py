@@ -83,3 +83,11 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, monkeypatch, args, wher
     r = cli("calibrate", *args)
     assert r.rc == 2 and len(r.err_lines) == 1 and where in r.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_measures_matmul_and_attention_when_installed():
+    pytest.importorskip("torch", reason="torch is an extra ('.[live]')")
+    t = calibrate.torch_compute(1)
+    assert t["bf16"].value > 0 and t["attention"].value > 0 and t["device"]
+    if not t["cuda"]:
+        assert "FP32" in t["bf16"].method
