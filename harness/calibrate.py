@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from traces.errors import InputError
+
 MiB = 1 << 20
 CHUNK = 4 * MiB
 
@@ -108,6 +110,17 @@ def _read_buffered(path: Path, drop_first: bool) -> float:
         os.close(fd)
 
 
+def check_storage_dir(directory: Path) -> None:
+    """Bad input before any measuring: a directory this process cannot write a test file in."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dualpath-calibrate-", dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write a test file there ({exc.strerror})", path=str(directory),
+                         field="--storage-dir") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def storage(directory: Path, size: int, repeats: int) -> tuple[Measure, Measure, list[str]]:
     """(cold, warm) read bandwidth of a `size`-byte file written in `directory`, bytes/s."""
     notes = []
@@ -115,11 +128,16 @@ def storage(directory: Path, size: int, repeats: int) -> tuple[Measure, Measure,
     if free < 2 * size:
         size = max(CHUNK, (free // 4) // CHUNK * CHUNK)
         notes.append(f"storage: only {free / MiB:.0f} MiB free in {directory}: the test file is {size // MiB} MiB")
+    check_storage_dir(directory)
     fd, name = tempfile.mkstemp(prefix=".dualpath-calibrate-", dir=directory)
     os.close(fd)
     path = Path(name)
     try:
-        _write_file(path, size)
+        try:
+            _write_file(path, size)
+        except OSError as exc:
+            raise InputError(f"cannot write the {size // MiB} MiB test file ({exc.strerror}); try a smaller "
+                             "--size-mb", path=str(directory), field="--storage-dir") from None
         label = f"a {size // MiB} MiB file in {directory}, {CHUNK // MiB} MiB reads"
         try:
             _read_direct(path)  # probe (and warm nothing: O_DIRECT bypasses the cache)

@@ -179,7 +179,7 @@ def _flops(x: float) -> str:
 def cmd_calibrate(args) -> int:
     import tempfile
 
-    from harness.calibrate import calibrate
+    from harness.calibrate import calibrate, check_storage_dir
 
     out = Path(args.output)
     if out.suffix not in (".yaml", ".yml"):
@@ -193,6 +193,7 @@ def cmd_calibrate(args) -> int:
         raise InputError("no such directory", path=str(storage_dir), field="--storage-dir")
     if not out.parent.is_dir():
         raise InputError("no such directory", path=str(out.parent), field="--output")
+    check_storage_dir(storage_dir)
     result = calibrate(out, storage_dir, args.size_mb, args.repeats,
                        report=lambda line: print(f"calibrate: {line}", file=sys.stderr, flush=True))
     for note in result["notes"]:

@@ -91,3 +91,13 @@ def test_torch_measures_matmul_and_attention_when_installed():
     assert t["bf16"].value > 0 and t["attention"].value > 0 and t["device"]
     if not t["cuda"]:
         assert "FP32" in t["bf16"].method
+
+
+def test_an_unwritable_storage_dir_is_bad_input(cli, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(calibrate.tempfile, "mkstemp", refuse)
+    r = cli("calibrate", "-o", tmp_path / "host.yaml", "--storage-dir", tmp_path, "--size-mb", "8")
+    assert r.rc == 2 and len(r.err_lines) == 1
+    assert r.err_lines[-1].endswith("--storage-dir: cannot write a test file there (Permission denied)")
+    assert list(tmp_path.iterdir()) == []
