@@ -135,3 +135,13 @@ def test_a_profile_the_model_does_not_fit_fails_before_any_profile_runs(tmp_path
 def test_capacity_without_an_slo_fails_before_anything_runs(tmp_path):
     rc, out, err = _main(["compare", SCENARIO, "--capacity", "--hardware", "hopper-paper", *SMALL, "-o", tmp_path / "c"])
     assert rc == 2 and "slo" in err and len(err.splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+def test_json_is_the_only_thing_on_stdout(compared):
+    out_dir = compared[3]
+    rc, out, err = _main(["compare", SCENARIO, "--hardware", "hopper-paper,hopper-2snic", *SMALL, "-o", out_dir,
+                          "--json"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert set(doc["profiles"]) == {"hopper-paper", "hopper-2snic"}
+    assert doc["profiles"]["hopper-2snic"]["bounds"]["upper"] == "1"
