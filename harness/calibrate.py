@@ -360,6 +360,8 @@ def render(name: str, cold: Measure, warm: Measure, mem: Measure, tcp: Measure, 
     gbps = lambda m: round(m.value * 8 / 1e9, 3)  # noqa: E731
     lines = [f"# Measured by `dualpath calibrate` on {platform.node()} ({platform.platform()}),",
              f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. One host stands for one node; see harness/calibrate.py.",
+             "# These are achieved rates, not line rates: the simulator derates NICs by sim.snic_efficiency and",
+             "# sim.cnic_efficiency, so run with --set sim.snic_efficiency=1 --set sim.cnic_efficiency=1.",
              *[f"# note: {n}" for n in notes],
              f"name: {name}",
              f"gpus_per_node: {gpu['gpus']}        # {gpu['device']}",

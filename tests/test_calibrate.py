@@ -36,6 +36,7 @@ def test_profile_loads_and_says_how_each_value_was_measured(cli, tmp_path, no_to
         line = next(line for line in lines if line.strip().startswith(f"{key}:"))
         assert "#" in line and "median of 2" in line and "spread" in line, line
     assert any(line.startswith("# warm (page cache) read:") for line in lines)
+    assert any("--set sim.snic_efficiency=1" in line for line in lines)
     assert yaml.safe_load(out.read_text())["cnic_gbps"] == spec.cnic_gbps
     assert [p.name for p in tmp_path.iterdir()] == ["host.yaml"]  # the test file and temp profile are gone
 
@@ -64,7 +65,8 @@ def test_run_accepts_the_calibrated_profile(cli, tmp_path, no_torch):
     r = cli("run", SCENARIO, "--set", f"hardware={out}", "--set", "model=deepseek-27b",
             "--set", "trace.synth.agents=2", "--set", "trace.synth.turns_mean=6", "--set", "trace.synth.append_mean=2000",
             "--set", "systems=[dualpath]", "--set", "cluster.prefill_nodes=4", "--set", "cluster.decode_nodes=4",
-            "--set", "cluster.prefill_group_nodes=4", "-o", tmp_path / "run")
+            "--set", "cluster.prefill_group_nodes=4", "--set", "sim.snic_efficiency=1", "--set", "sim.cnic_efficiency=1",
+            "-o", tmp_path / "run")
     if r.rc == 2 and "HBM" in r.err:
         pytest.skip(f"this host's memory cannot hold DS 27B over 4 nodes: {r.err.strip()}")
     assert r.rc == 0, r.err
