@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from engines.contract import BACKENDS
 from traces.errors import InputError
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
-BACKENDS = ("sim", "http")
 
 
 def register(sub) -> None:

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
+from engines.contract import BREAKDOWN_COLUMNS, STATUSES
+
 LOWEST_US = 1
 HIGHEST_US = 7 * 24 * 3600 * 1_000_000
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-STATUSES = ("ok", "error", "timeout", "cancelled")
-BREAKDOWN_COLUMNS = ("queue_s", "alloc_s", "read_s", "prefill_s", "kv_transfer_s")
 TTFT_PARTS = ("queue_s", "alloc_s", "read_s", "prefill_s")  # kv_transfer_s comes after the first token
 REQUEST_METRICS = ("ttft_s", "ttft_from_sent_s", "ttst_s", "tpot_s", "e2e_s", "dispatch_lag_s", "pacer_lag_s",
                    "itl_s")

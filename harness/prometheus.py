@@ -26,11 +26,12 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+from engines.contract import LINK_COLUMNS, spread_whole_bytes as spread
+
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfINFNa]+)(?:\s+\d+)?\s*$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")
 WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs")
-LINK_COLUMNS = ("system", "t_start", "t_end", "node", "link", "direction", "bytes", "traffic")
 
 
 def parse(text: str) -> list[tuple[str, dict, float]]:
@@ -48,29 +49,6 @@ def parse(text: str) -> list[tuple[str, dict, float]]:
             continue
         labels = dict(LABEL.findall(m.group(2) or ""))
         out.append((m.group(1), labels, value))
-    return out
-
-
-def spread(total: int, t0: float, t1: float, window_s: float) -> list[tuple[int, int]]:
-    """`total` bytes moved evenly over [t0, t1], as (window index, bytes) of the windows it overlaps.
-
-    Whole bytes that sum to `total` exactly (each window gets the rounded cumulative share at its end).
-    An interval of no length puts everything in the window holding t1.
-    """
-    if total == 0:
-        return []
-    if not t1 > t0:
-        return [(math.floor(t1 / window_s), total)]
-    first, last = math.floor(t0 / window_s), math.floor(t1 / window_s)
-    if last > first and last * window_s >= t1:  # t1 on a boundary: nothing falls in the window it opens
-        last -= 1
-    out, given = [], 0
-    for k in range(first, last + 1):
-        end = min(t1, (k + 1) * window_s) if k < last else t1
-        upto = total if k == last else round(total * (end - t0) / (t1 - t0))
-        if upto != given:
-            out.append((k, upto - given))
-        given = upto
     return out
 
 

@@ -35,51 +35,33 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hdrh.log import HistogramLogWriter
 
+from engines import contract
 from harness import metrics
 from harness.scenario import REPO_ROOT, dump_scenario
 from traces.errors import InputError
 
-F64, I64, STR = pa.float64(), pa.int64(), pa.string()
+_ARROW = {contract.F64: pa.float64(), contract.I64: pa.int64(), contract.STR: pa.string(),
+          contract.F64_LIST: pa.list_(pa.float64())}
 CONTRACT: dict[str, dict[str, pa.DataType]] = {
-    "requests": {
-        "system": STR, "agent_id": STR, "round": I64,
-        "t_scheduled": F64, "t_sent": F64, "t_first_token": F64, "t_second_token": F64, "t_done": F64,
-        "prompt_tokens": I64, "expected_cached_tokens": I64, "cached_tokens": I64, "output_tokens": I64,
-        "pe": STR, "de": STR, "read_side": STR, "read_bytes": I64,
-        "queue_s": F64, "alloc_s": F64, "read_s": F64, "prefill_s": F64, "kv_transfer_s": F64,
-        "status": STR, "error": STR,
-        # added for endpoints we drive (null for the simulator), so every backend's files share one schema:
-        "t_dispatched": F64, "itl_s": pa.list_(F64), "server_prompt_tokens": I64, "tokens_from": STR,
-        "http_status": I64,
-    },
-    "agents": {"system": STR, "agent_id": STR, "t_arrival": F64, "t_done": F64, "rounds": I64,
-               "jct_s": F64, "status": STR},
-    "links": {"system": STR, "t_start": F64, "t_end": F64, "node": STR, "link": STR, "direction": STR,
-              "bytes": I64, "traffic": STR},
-    "engines": {"system": STR, "t": F64, "engine": STR, "role": STR, "batch_requests": I64,
-                "batch_tokens": I64, "attention_s": F64, "step_s": F64, "queued_tokens": I64,
-                "read_queue_tokens": I64,
-                "group": I64},  # added: the engine group (engines of a group step together; null for http)
-}
-TABLES = tuple(CONTRACT)
+    table: {name: _ARROW[typ] for name, typ in columns.items()} for table, columns in contract.COLUMNS.items()}
+TABLES = contract.TABLES
 # Columns a batch may leave out: filled with null (str, int) or NaN (float). Float columns always allow
 # NaN ("not reached"); the other columns listed here allow null.
 OMITTABLE = {
-    "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *metrics.BREAKDOWN_COLUMNS,
+    "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *contract.BREAKDOWN_COLUMNS,
                  "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status"},
     "agents": set(), "links": set(), "engines": {"group"},
 }
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
                          "http_status"}, "agents": set(), "links": set(), "engines": {"group"}}
 ALLOWED_VALUES = {
-    ("requests", "status"): metrics.STATUSES, ("requests", "read_side"): ("pe", "de", "none"),
-    ("agents", "status"): metrics.STATUSES, ("links", "direction"): ("rx", "tx"),
-    ("links", "traffic"): ("kv_read", "kv_transfer", "kv_write", "h2d", "other"),
-    ("engines", "role"): ("prefill", "decode", "server"),  # server: an external endpoint's gauges
+    ("requests", "status"): contract.STATUSES, ("requests", "read_side"): contract.READ_SIDES,
+    ("agents", "status"): contract.STATUSES, ("links", "direction"): contract.DIRECTIONS,
+    ("links", "traffic"): contract.TRAFFIC, ("engines", "role"): contract.ROLES,
 }
-LINK_NAME = r"snic|dram|cnic\d+|[a-z0-9_:.-]+"  # ours, or a device a Prometheus endpoint reports
+LINK_NAME = contract.LINK_NAME
 STREAM_SUFFIX = ".arrows"
-RUN_STATUSES = ("running", "ok", "interrupted", "error")
+RUN_STATUSES = contract.RUN_STATUSES
 
 
 # ----- batches -> Arrow tables with the contract's types ---------------------------------------------

@@ -31,19 +31,17 @@ from typing import Any, Sequence
 
 import yaml
 
-from traces.errors import InputError
+from engines.contract import BACKENDS, PLANNED_BACKENDS as UNAVAILABLE_BACKENDS, SYSTEMS
+from engines.costmodel.profiles import PROFILE_SUBDIRS, available_profiles, find_profile, looks_like_path as _looks_like_path
+from traces.errors import InputError, did_you_mean
 from traces.io import FORMATS
 from traces.presets import PRESETS
 from traces.synth import SynthParams, params_with
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("sim", "http")  # the ones this version runs (DESIGN.md also plans `live`)
-UNAVAILABLE_BACKENDS = {"live": "a local cluster the harness starts"}
-SYSTEMS = ("basic", "layerwise", "dualpath-rr", "dualpath", "oracle")
 DEFAULT_SYSTEMS = {"sim": ["basic", "dualpath"], "live": ["basic", "dualpath"], "http": ["external"]}
 ARRIVAL_MODES = ("offline", "poisson", "gamma", "constant", "trace")
 RATE_MODES = ("poisson", "gamma", "constant")
-PROFILE_DIRS = {"model": "scenarios/models", "hardware": "scenarios/hardware"}
 SET_SOURCE = "--set"
 MAX_YAML_VALUES = 100_000  # a scenario holds a few hundred; more is an alias bomb
 MIN_WINDOW_S = 1e-3  # telemetry windows: every window is a row per link, so 1e-7 s would never end
@@ -246,9 +244,7 @@ def _show(value) -> str:
     return repr(value)
 
 
-def _hint(word, allowed) -> str:
-    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+_hint = did_you_mean
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -453,10 +449,6 @@ def apply_overrides(data: dict, origins: dict, overrides: Sequence[str]) -> None
         origins[key] = (SET_SOURCE, None)
 
 
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or os.sep in value or value.endswith((".yaml", ".yml"))
-
-
 def _absolute_if_path(value: str, base: Path, always: bool = False) -> str:
     if not (always or _looks_like_path(value)):
         return value
@@ -465,30 +457,6 @@ def _absolute_if_path(value: str, base: Path, always: bool = False) -> str:
 
 
 # ----- profiles ----------------------------------------------------------------------------------
-def available_profiles(kind: str, repo_root: Path | None = None) -> list[str]:
-    folder = Path(repo_root or REPO_ROOT) / PROFILE_DIRS[kind]
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
-def find_profile(kind: str, name_or_path: str, repo_root: Path | None = None,
-                 base_dir: Path | None = None) -> Path:
-    """The YAML file a `model:`/`hardware:` value names (raises InputError without a location)."""
-    if kind not in PROFILE_DIRS:
-        raise ValueError(f"profile kind must be one of {', '.join(PROFILE_DIRS)}, got {kind!r}")
-    if _looks_like_path(name_or_path):
-        path = Path(_absolute_if_path(name_or_path, Path(base_dir or Path.cwd())))
-        if not path.is_file():
-            raise InputError(f"no such {kind} profile file {str(path)!r}", field=kind)
-        return path
-    path = Path(repo_root or REPO_ROOT) / PROFILE_DIRS[kind] / f"{name_or_path}.yaml"
-    if not path.is_file():
-        names = available_profiles(kind, repo_root)
-        listing = ", ".join(names) if names else f"none yet in {PROFILE_DIRS[kind]}/"
-        raise InputError(f"unknown {kind} {name_or_path!r}{_hint(name_or_path, names)} (available: {listing}; "
-                         "or give a path to a .yaml file)", field=kind)
-    return path
-
-
 def resolve_profile(kind: str, name_or_path: str, repo_root: Path | None = None, *,
                     base_dir: Path | None = None) -> tuple[str, dict]:
     """Load a model or hardware profile by name (scenarios/<kind>s/NAME.yaml) or path: (name, mapping)."""
@@ -542,7 +510,7 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
                 ctx.fail(kind, exc.problem)
             s[kind] = _absolute_if_path(s[kind], base)
         elif ours:
-            ctx.fail(kind, f"required for backend {backend} (a name under {PROFILE_DIRS[kind]}/ or a path)")
+            ctx.fail(kind, f"required for backend {backend} (a name under {PROFILE_SUBDIRS[kind]}/ or a path)")
     if ours:
         if "cluster" not in s:
             ctx.fail("cluster", f"required for backend {backend} (prefill_nodes, decode_nodes)")

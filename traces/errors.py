@@ -6,6 +6,8 @@ raise this same class.
 """
 from __future__ import annotations
 
+import difflib
+
 
 class InputError(ValueError):
     def __init__(self, problem: str, *, path: str | None = None, line: int | None = None,
@@ -29,3 +31,9 @@ class InputError(ValueError):
         """The same error, located in a file (keeps what is already known)."""
         return InputError(self.problem, path=self.path or path,
                           line=self.line if self.line is not None else line, field=self.field)
+
+
+def did_you_mean(word, allowed) -> str:
+    """` (did you mean X?)` for the closest allowed value, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from engines.policy import constants as policy
 from traces.errors import InputError
 
 
@@ -46,10 +47,10 @@ class SimConstants:
     ep_layer_latency_s: float = 0.25e-3        # [spec] DeepEP low-latency dispatch+combine per MoE layer
     decode_activation_gb: float = 4.0          # [assumed]
     # ----- scheduler (reference/paper.md 4) -----
-    compute_quota_s: float = 0.3         # [paper] intra-PE attention-time quota
-    alpha_read_s: float = 3.0            # [paper] alpha = tokens readable in 3 s
-    beta_compute_s: float = 5.0          # [paper] beta = tokens one GPU processes in 5 s
-    de_z_factor: float = 1.05            # [paper] Z factor of the DE scheduler
+    compute_quota_s: float = policy.COMPUTE_QUOTA_S    # engines/policy/constants.py (with their sources)
+    alpha_read_s: float = policy.ALPHA_READ_S
+    beta_compute_s: float = policy.BETA_COMPUTE_S
+    de_z_factor: float = policy.DE_Z_FACTOR
     kv_block_tokens: int = 64            # [paper] persistence granularity ("e.g., 64 tokens")
 
     @classmethod

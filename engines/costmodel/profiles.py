@@ -1,15 +1,17 @@
 """Model and hardware profiles (scenarios/models/*.yaml, scenarios/hardware/*.yaml) as dataclasses."""
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from traces.errors import InputError
+from traces.errors import InputError, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILE_DIRS = {"model": REPO_ROOT / "scenarios" / "models", "hardware": REPO_ROOT / "scenarios" / "hardware"}
+PROFILE_SUBDIRS = {"model": "scenarios/models", "hardware": "scenarios/hardware"}
+PROFILE_DIRS = {kind: REPO_ROOT / sub for kind, sub in PROFILE_SUBDIRS.items()}
 ATTENTION_KINDS = ("mla", "sparse-mla", "gqa")
 
 
@@ -79,18 +81,39 @@ class HardwareSpec:
         return self.snic_count * self.snic_gbps * 1e9 / 8
 
 
+def looks_like_path(value: str) -> bool:
+    return "/" in value or os.sep in value or value.endswith((".yaml", ".yml"))
+
+
+def available_profiles(kind: str, repo_root: Path | None = None) -> list[str]:
+    folder = Path(repo_root or REPO_ROOT) / PROFILE_SUBDIRS[kind]
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def find_profile(kind: str, name_or_path: str, repo_root: Path | None = None,
+                 base_dir: Path | None = None) -> Path:
+    """The YAML file a `model:`/`hardware:` value names: a name under scenarios/<kind>s/ or a path
+    (relative to `base_dir`, default the working directory). Raises InputError without a location."""
+    if kind not in PROFILE_SUBDIRS:
+        raise ValueError(f"profile kind must be one of {', '.join(PROFILE_SUBDIRS)}, got {kind!r}")
+    if looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        path = path if path.is_absolute() else (Path(base_dir or Path.cwd()) / path).resolve()
+        if not path.is_file():
+            raise InputError(f"no such {kind} profile file {str(path)!r}", field=kind)
+        return path
+    path = Path(repo_root or REPO_ROOT) / PROFILE_SUBDIRS[kind] / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = available_profiles(kind, repo_root)
+        listing = ", ".join(names) if names else f"none yet in {PROFILE_SUBDIRS[kind]}/"
+        raise InputError(f"unknown {kind} {name_or_path!r}{did_you_mean(name_or_path, names)} (available: "
+                         f"{listing}; or give a path to a .yaml file)", field=kind)
+    return path
+
+
 def load_profile(kind: str, name_or_path: str) -> tuple[dict, str]:
     """The raw YAML mapping of a profile given by name (scenarios/<kind>s/NAME.yaml) or by path."""
-    directory = PROFILE_DIRS[kind]
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        path = candidate
-    else:
-        path = directory / f"{name_or_path}.yaml"
-    if not path.exists():
-        names = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise InputError(f"unknown {kind} {name_or_path!r} (allowed: {', '.join(names)}, or a path to a YAML file)",
-                         field=kind)
+    path = find_profile(kind, name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

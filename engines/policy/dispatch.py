@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from sortedcontainers import SortedList
 
+from engines.policy.de import choose_de_paper
 from engines.policy.pe import EngineView
 from engines.policy.systems import SystemPolicy
 
@@ -151,22 +152,6 @@ class _LoadIndex:
         return -1, 0.0
 
 
-def choose_de_in_group(length: float, need: float, engines: Sequence[EngineView], z: float, rotate: int) -> int:
-    """Phase 2 for one request inside a group: index into `engines`, or -1 if none has the HBM. DEs that
-    stay under Z first (fewest requests, then fewest tokens), else the fewest tokens; exact ties go to
-    the first engine id counting from `rotate`."""
-    n = len(engines)
-    best, best_key = -1, None
-    for i, e in enumerate(engines):
-        if e.hbm_free_bytes < need:
-            continue
-        tie = (e.id - rotate) % n
-        key = (0, e.seq, e.tok, tie) if e.tok + length <= z else (1, e.tok, 0, tie)
-        if best_key is None or key < best_key:
-            best, best_key = i, key
-    return best
-
-
 class Dispatcher:
     """The scheduler's state and its dispatch pass. `pes` and `des` are engine views (objects with
     `EngineView`'s attributes, e.g. the runtimes' engine objects); their `tok`, `seq` and
@@ -272,7 +257,7 @@ class Dispatcher:
             if z is None:
                 engines = self.groups[g]
                 z = z_cache[g] = self.z_factor * (gq.fit_length(self.group_free[g]) + self.group_tok[g]) / len(engines)
-            d = choose_de_in_group(q.length, q.hbm_need, self.groups[g], z, self.dispatched)
+            d = choose_de_paper(q.length, q.hbm_need, self.groups[g], z, self.dispatched)
             if d < 0:  # this group waits for HBM; the others go on
                 self.blocked[g] = True
                 heapq.heappop(heads)

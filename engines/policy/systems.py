@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engines import contract
 from traces.errors import InputError
 
 
@@ -24,6 +25,8 @@ SYSTEMS = {
                              free_io=False),
     "oracle": SystemPolicy("oracle", layerwise=True, read_sides="shorter-queue", paper_scheduler=True, free_io=True),
 }
+
+assert tuple(SYSTEMS) == contract.SYSTEMS  # the names are the contract's; this says what each turns on
 
 
 def system_policy(name: str) -> SystemPolicy:

@@ -13,9 +13,9 @@ import heapq
 import math
 from typing import Callable
 
+from engines.contract import TRAFFIC, window_overlaps
 from engines.sim.core import EventLoop
 
-TRAFFIC = ("kv_read", "kv_transfer", "kv_write", "h2d", "other")
 _TRAFFIC_INDEX = {t: i for i, t in enumerate(TRAFFIC)}
 
 
@@ -226,11 +226,8 @@ class Network:
                 row[c] += moved
             return
         span = t1 - t0
-        for w in range(w0, w1 + 1):
-            overlap = min(t1, (w + 1) * ws) - max(t0, w * ws)
-            if overlap <= 0:
-                continue
-            part = moved * overlap / span
+        for w, start, end in window_overlaps(t0, t1, ws):
+            part = moved * (end - start) / span
             row = windows[w]
             for c in cols:
                 row[c] += part

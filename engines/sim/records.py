@@ -10,13 +10,8 @@ import math
 
 import numpy as np
 
-REQUEST_COLUMNS = ("system", "agent_id", "round", "t_scheduled", "t_sent", "t_first_token", "t_second_token",
-                   "t_done", "prompt_tokens", "expected_cached_tokens", "cached_tokens", "output_tokens", "pe", "de",
-                   "read_side", "read_bytes", "queue_s", "alloc_s", "read_s", "prefill_s", "kv_transfer_s",
-                   "status", "error")
-ENGINE_COLUMNS = ("system", "t", "engine", "role", "batch_requests", "batch_tokens", "attention_s", "step_s",
-                  "queued_tokens", "read_queue_tokens", "group")
-AGENT_COLUMNS = ("system", "agent_id", "t_arrival", "t_done", "rounds", "jct_s", "status")
+from engines.contract import ENGINE_COLUMNS
+
 FLUSH_ROWS = 50_000
 
 
