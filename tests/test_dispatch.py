@@ -188,3 +188,28 @@ def test_the_indexed_pe_choice_matches_the_linear_rule(toks, ops):
             node = i % nodes
             if d.read_q[node] >= 50 * k:
                 d.read_done(node, 50 * k)
+
+
+def keyed_de(length, need, engines, z, rotate):
+    """reference/paper.md 4.3 phase 2 as one sort key (the rule choose_de_paper implements with scalars)."""
+    n, best, best_key = len(engines), -1, None
+    for i, e in enumerate(engines):
+        if e.hbm_free_bytes < need:
+            continue
+        tie = ((e.id - rotate) % n, e.id)
+        key = (0, e.seq, e.tok, tie) if e.tok + length <= z else (1, e.tok, 0, tie)
+        if best_key is None or key < best_key:
+            best, best_key = i, key
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(engines=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 4), st.integers(0, 2), st.integers(0, 3)),
+                        max_size=8),
+       length=st.integers(0, 3), need=st.integers(0, 3), z=st.integers(0, 6), rotate=st.integers(0, 10))
+def test_the_de_choice_matches_the_paper_rule_as_a_sort_key(engines, length, need, z, rotate):
+    from engines.policy import choose_de_paper
+
+    views_ = [EngineView(id=i, node=0, tok=100.0 * t, seq=s, hbm_free_bytes=float(h)) for i, t, s, h in engines]
+    args = (100.0 * length, float(need), views_, 100.0 * z, rotate)
+    assert choose_de_paper(*args) == keyed_de(*args)

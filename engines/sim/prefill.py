@@ -26,7 +26,7 @@ _ready_order = itertools.count()  # FIFO position of a request in its PE's ready
 class PrefillGroup:
     """One expert-parallel prefill group. It needs a loop, a cost model, the DE-side staging buffer of a
     request (`de_buffer`), and callbacks: `load_kv(pe, req, nbytes, on_done)` (layer-wise: cached KV
-    into HBM), `send_to_de(pe, req, nbytes)`, `on_step(pe, batch, step_s, now)` (telemetry),
+    into HBM), `send_to_de(pe, req, nbytes)`, `on_step([(pe, batch), ...], step_s, now)` (telemetry: a row per PE),
     `on_prefilled(pe, req)` (its first token) and `on_step_end()` (PE load changed: schedule again)."""
 
     def __init__(self, index: int, pes: list[Engine], loop: EventLoop, cost: CostModel, *, layerwise: bool,
@@ -213,9 +213,8 @@ class PrefillGroup:
         items, self.items = self.items, []
         self.busy = False
         active = {pe.id for pe, _ in items}
-        for pe in self.pes:  # every GPU of the group took part in the step, idle ones with no attention
-            if pe.id not in active:
-                self.on_step(pe, (), step_s, now)
+        # every GPU of the group took part in the step, idle ones with no attention (telemetry rows first)
+        self.on_step([(pe, ()) for pe in self.pes if pe.id not in active] + items, step_s, now)
         for pe, batch in items:
             done = []
             for req, ntok, _ in batch:
@@ -224,7 +223,6 @@ class PrefillGroup:
                 req.chunks += 1
                 if req.remaining <= 0:
                     done.append(req)
-            self.on_step(pe, batch, step_s, now)
             for req in done:
                 pe.ready.remove((req.ready_order, req))
             for req in done:

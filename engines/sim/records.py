@@ -48,19 +48,22 @@ class Recorder:
         if len(self.done) >= FLUSH_ROWS:
             self._flush_requests()
 
-    def step(self, pe, batch, step_s: float, now: float, queued: int, read_q: float) -> None:
+    def steps(self, rows, step_s: float, now: float) -> None:
+        """One prefill group step: a row per PE, `rows` = [(pe, batch)], batch = [(request, tokens, attention_s)]."""
         d = self.eng
-        d["system"].append(self.system)
-        d["t"].append(now - step_s)
-        d["engine"].append(pe.name)
-        d["role"].append("prefill")
-        d["batch_requests"].append(len(batch))
-        d["batch_tokens"].append(int(sum(b[1] for b in batch)))
-        d["attention_s"].append(float(sum(b[2] for b in batch)))
-        d["step_s"].append(step_s)
-        d["queued_tokens"].append(int(pe.tok))
-        d["read_queue_tokens"].append(int(read_q))
-        d["group"].append(pe.group)
+        n = len(rows)
+        read_q = self.read_q
+        d["system"].extend([self.system] * n)
+        d["t"].extend([now - step_s] * n)
+        d["engine"].extend([pe.name for pe, _ in rows])
+        d["role"].extend(["prefill"] * n)
+        d["batch_requests"].extend([len(batch) for _, batch in rows])
+        d["batch_tokens"].extend([int(sum(b[1] for b in batch)) for _, batch in rows])
+        d["attention_s"].extend([float(sum(b[2] for b in batch)) for _, batch in rows])
+        d["step_s"].extend([step_s] * n)
+        d["queued_tokens"].extend([int(pe.tok) for pe, _ in rows])
+        d["read_queue_tokens"].extend([int(read_q[pe.node]) for pe, _ in rows])
+        d["group"].extend([pe.group for pe, _ in rows])
         if len(d["t"]) >= FLUSH_ROWS:
             self._flush_engines()
 

@@ -36,11 +36,17 @@ class Simulation:
         self.w = workload
         self.dirty = False
         self.progress = progress
+        self.alpha = cost.alpha_tokens()
+        self.beta = cost.beta_tokens(workload.hit_mean, workload.new_mean)
+        self.dispatcher = Dispatcher(policy, self.cluster.pes, self.cluster.des, nodes=len(self.cluster.nodes),
+                                     alpha=self.alpha, beta=self.beta, z_factor=self.k.de_z_factor)
+        self.read_q = self.dispatcher.read_q  # tokens queued or being read per node (the scheduler's view)
+        self.rec = Recorder(policy.name, sink, self.cluster, window_s, workload.agent_ids, self.read_q)
         self.groups = [
             PrefillGroup(i, g, self.loop, cost, layerwise=self.layerwise, streams=self.layerwise and not self.free_io,
                          chunked=policy.paper_scheduler, quota_s=self.k.compute_quota_s,
                          de_buffer=lambda req: self.cluster.nodes[req.de.node].buffer, load_kv=self.load_kv,
-                         send_to_de=self.send_to_de, on_step=self.record_step, on_prefilled=self.prefill_done,
+                         send_to_de=self.send_to_de, on_step=self.rec.steps, on_prefilled=self.prefill_done,
                          on_step_end=self.mark_dirty)
             for i, g in enumerate(self.cluster.pe_groups)]
         for node in self.cluster.nodes:
@@ -48,12 +54,6 @@ class Simulation:
         for pe in self.cluster.pes:
             pe.hbm.on_free = lambda pe=pe: self.pump_pe_hbm(pe)
         self.decoders = [DecodeGroup(g, self.loop, cost, self.finish) for g in self.cluster.de_groups]
-        self.alpha = cost.alpha_tokens()
-        self.beta = cost.beta_tokens(workload.hit_mean, workload.new_mean)
-        self.dispatcher = Dispatcher(policy, self.cluster.pes, self.cluster.des, nodes=len(self.cluster.nodes),
-                                     alpha=self.alpha, beta=self.beta, z_factor=self.k.de_z_factor)
-        self.read_q = self.dispatcher.read_q  # tokens queued or being read per node (the scheduler's view)
-        self.rec = Recorder(policy.name, sink, self.cluster, window_s, workload.agent_ids, self.read_q)
         self.agents_left = workload.agents
         self.agent_done_t = np.full(workload.agents, np.nan)
 
@@ -292,5 +292,3 @@ class Simulation:
             self.agents_left -= 1
         self.mark_dirty()
 
-    def record_step(self, pe: Engine, batch, step_s: float, now: float) -> None:
-        self.rec.step(pe, batch, step_s, now, len(pe.ready), self.read_q[pe.node])
