@@ -94,10 +94,17 @@ REFUSED = [  # (flags, the one line)
      "turns_mean: 900 turns of 12 generated tokens each cannot fit in max_context 4096 (at most ~438 turns)"),
     (("--turns-mean", 3, "--append-mean", 4000, "--gen-mean", 100, "--max-context", 4096),
      "max_context: append_mean + gen_mean must be below max_context"),
+    (("--turns-mean", 0.5, "--append-mean", 64, "--gen-mean", 12, "--max-context", 4096),
+     "turns_mean: must be >= 1, got 0.5"),
+    (("--turns-mean", 3, "--append-mean", 0.2, "--gen-mean", 12, "--max-context", 4096),
+     "append_mean: must be >= 1, got 0.2"),
+    (("--turns-mean", 3, "--append-mean", 64, "--gen-mean", 9000, "--max-context", 40000),
+     "gen_mean: must be below gen_max 8192 (the per-round limit; --set gen_max=N), got 9000"),
 ]
 
 
-@pytest.mark.parametrize("flags,line", REFUSED, ids=["out-of-reach", "too-many-turns", "round-too-large"])
+@pytest.mark.parametrize("flags,line", REFUSED, ids=["out-of-reach", "too-many-turns", "round-too-large",
+                                                     "under-a-turn", "under-a-token", "above-gen-max"])
 def test_refusals_name_what_would_fit(cli, tmp_path, flags, line):
     res = cli("trace", "synth", "--agents", 50, *flags, "-o", tmp_path / "t.parquet")
     assert res.rc == 2 and res.out == ""

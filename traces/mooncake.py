@@ -5,6 +5,11 @@ where each hash id names one block of the prompt (prefix hashes; the last block 
 `len(hash_ids) == ceil(input_length / block_size)`). Our export adds `session_id` and `round` (and
 `delay`, ms of tool latency, when non-zero), which import reads back.
 
+Sessions come in two layouts, detected per session (`session_layout`): whole (ours: each row is the
+round's whole prompt) and delta (AIPerf's `mooncake_trace` sessions: the first row carries `timestamp`
+and its whole prompt, later rows `delay`, ms after the previous round ends, and only the new input, the
+earlier inputs and outputs implied). Export writes either.
+
 Plain rows carry no session: import infers agents from prefix chains. A request continues an earlier
 request's session when its hash ids start with *all* of that request's full blocks (at least 2: block 0
 is a system prompt shared by every request of the conversation trace), that request has no

@@ -106,6 +106,12 @@ class SynthParams:
         for name in ("full_fraction", "early_stop_min"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
+        for name in ("turns_mean", "append_mean", "gen_mean"):  # every agent runs round 0; rounds hold >= 1 token
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if self.gen_mean >= self.gen_max:
+            raise InputError(f"must be below gen_max {self.gen_max} (the per-round limit; --set gen_max=N), got "
+                             f"{self.gen_mean}", field="gen_mean")
         if self.turns_max_ratio < 1:
             raise InputError(f"must be >= 1, got {self.turns_max_ratio}", field="turns_max_ratio")
         if self.append_mean + self.gen_mean >= self.max_context:
