@@ -147,7 +147,7 @@ def bad_rows(draw, block_size=None):
         field = "round"
         obj["session_id"] = draw(SESSION_ID)
         obj["round"] = draw(st.one_of(st.integers(-(2**63), -1), BEYOND_INT64, st.floats(), st.text(max_size=4),
-                                      st.booleans(), st.none()))
+                                      st.booleans()))  # null: no round (rows of a session in file order)
     elif kind == "lone-round":
         field = "session_id"
         obj.pop("session_id", None)

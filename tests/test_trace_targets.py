@@ -99,7 +99,7 @@ REFUSED = [  # (flags, the one line)
     (("--turns-mean", 3, "--append-mean", 0.2, "--gen-mean", 12, "--max-context", 4096),
      "append_mean: must be >= 1, got 0.2"),
     (("--turns-mean", 3, "--append-mean", 64, "--gen-mean", 9000, "--max-context", 40000),
-     "gen_mean: must be below gen_max 8192 (the per-round limit; --set gen_max=N), got 9000"),
+     "gen_mean: must be at most gen_max 8192 (the per-round limit; --set gen_max=N), got 9000"),
 ]
 
 

@@ -109,8 +109,8 @@ class SynthParams:
         for name in ("turns_mean", "append_mean", "gen_mean"):  # every agent runs round 0; rounds hold >= 1 token
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        if self.gen_mean >= self.gen_max:
-            raise InputError(f"must be below gen_max {self.gen_max} (the per-round limit; --set gen_max=N), got "
+        if self.gen_mean > self.gen_max:
+            raise InputError(f"must be at most gen_max {self.gen_max} (the per-round limit; --set gen_max=N), got "
                              f"{self.gen_mean}", field="gen_mean")
         if self.turns_max_ratio < 1:
             raise InputError(f"must be >= 1, got {self.turns_max_ratio}", field="turns_max_ratio")
