@@ -28,7 +28,8 @@ def register(sub) -> None:
     s = tsub.add_parser("synth", help="generate agentic trajectories (paper presets or your own means)",
                         description="Generate agentic trajectories. Targets (turns, append, gen means) are "
                         "the realised means of the trace, as `trace stats` reports them.")
-    s.add_argument("--preset", help="paper-32k | paper-48k | paper-64k (paper Table 2)")
+    s.add_argument("--preset", help="paper-32k | paper-48k | paper-64k (paper Table 2) | smoke (4 rounds of "
+                   "~200 + 64 tokens in a 4K context, for CI and laptops)")
     s.add_argument("--agents", type=int, required=True, help="number of agents (trajectories)")
     s.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     s.add_argument("-o", "--output", required=True, help="output file, .parquet or .jsonl")
@@ -39,10 +40,14 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.set_defaults(func=cmd_synth)
 
-    i = tsub.add_parser("import", help="convert a Mooncake JSONL trace into our format")
+    i = tsub.add_parser("import", help="convert a Mooncake or Bailian JSONL trace into our format")
     i.add_argument("file")
-    i.add_argument("--format", default="mooncake", choices=["mooncake"])
-    i.add_argument("--block-size", type=int, default=None, help="tokens per hash-id block (default 512)")
+    i.add_argument("--format", default="mooncake", choices=["mooncake", "bailian"])
+    i.add_argument("--layout", default="auto", choices=["auto", "whole", "delta"],
+                   help="Mooncake sessions: whole prompts per row (ours), delta rows (AIPerf's: new input "
+                   "only), or auto: detected per session (default)")
+    i.add_argument("--block-size", type=int, default=None, help="tokens per hash-id block (default 512 for "
+                   "Mooncake, 16 for Bailian)")
     i.add_argument("-o", "--output", required=True, help="output file, .parquet or .jsonl")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=cmd_import)
@@ -50,6 +55,9 @@ def register(sub) -> None:
     e = tsub.add_parser("export", help="write our trace as Mooncake rows (+session_id, round)")
     e.add_argument("file")
     e.add_argument("--format", default="mooncake", choices=["mooncake"])
+    e.add_argument("--layout", default="whole", choices=["whole", "delta"],
+                   help="whole: each row the round's whole prompt (default); delta: AIPerf's sessions (first "
+                   "row timestamp and whole prompt, later rows delay ms and the new input only)")
     e.add_argument("--block-size", type=int, default=None, help="tokens per hash-id block (default: the "
                    "trace's block_size, 512)")
     e.add_argument("-o", "--output", required=True, help="output file, .jsonl")
@@ -57,9 +65,9 @@ def register(sub) -> None:
 
     st = tsub.add_parser("stats", help="statistics of a trace (Table 2 means, lengths, hit rate)")
     st.add_argument("file")
-    st.add_argument("--format", default="auto", choices=["auto", "parquet", "jsonl", "mooncake"])
-    st.add_argument("--block-size", type=int, default=None, help="Mooncake block size (default 512; Parquet "
-                    "and JSONL traces carry their own)")
+    st.add_argument("--format", default="auto", choices=["auto", "parquet", "jsonl", "mooncake", "bailian"])
+    st.add_argument("--block-size", type=int, default=None, help="Mooncake or Bailian block size (default 512 "
+                    "and 16; Parquet and JSONL traces carry their own)")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(func=cmd_stats)
 
@@ -112,13 +120,14 @@ def synth_params(args: argparse.Namespace):
 def cmd_synth(args) -> int:
     from harness.progress import progress
     from traces.io import output_format, write_trace
-    from traces.synth import synthesize
+    from traces.synth import check_agents, synthesize
 
     _positive(args.agents, "--agents")
     if args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
     output_format(args.output)
     params = synth_params(args)
+    check_agents(params, args.agents, "--agents")
     t0 = time.perf_counter()
     source = f"synth:{args.preset}" if args.preset else "synth"
     with progress(args.agents, "synth", unit="agent") as advance:
@@ -131,16 +140,42 @@ def cmd_synth(args) -> int:
 
 
 def cmd_import(args) -> int:
+    from traces.bailian import import_bailian
     from traces.io import output_format, write_trace
     from traces.mooncake import import_mooncake
 
     _positive(args.block_size, "--block-size")
     output_format(args.output)
-    trace = import_mooncake(args.file, block_size=args.block_size)
+    _not_ours(args.file, args.format)
+    if args.format == "bailian":
+        if args.layout != "auto":
+            raise InputError("applies to Mooncake sessions only (Bailian rows are whole prompts)", field="--layout")
+        trace = import_bailian(args.file, block_size=args.block_size)
+    else:
+        trace = import_mooncake(args.file, block_size=args.block_size, layout=args.layout)
     write_trace(trace, args.output)
     print(f"imported {trace.num_rounds:,} rounds ({trace.meta['agents']} agents) to {args.output}",
           file=sys.stderr)
     return _show_stats(trace, args.json, extra={"output": args.output})
+
+
+def _not_ours(path: str, fmt: str) -> None:
+    """Import reads other tools' rows; one of our own traces is refused with what to do instead."""
+    import os
+
+    from traces.io import JSONL_HEADER_KEY, json_lines
+
+    if str(path).endswith(".parquet"):
+        what = "Parquet"
+    elif os.path.isfile(path):
+        first = next((obj for _, obj in json_lines(path)), None)
+        if not (isinstance(first, dict) and (JSONL_HEADER_KEY in first or "agent_id" in first)):
+            return
+        what = "JSONL"
+    else:
+        return  # the importer says what is wrong with it
+    raise InputError(f"is already a dualpath trace ({what}), not {fmt} rows: use it directly (`trace: {{path: "
+                     f"{path}}}` in a scenario, `dualpath trace stats|export {path}`)", path=path)
 
 
 def cmd_export(args) -> int:
@@ -149,8 +184,8 @@ def cmd_export(args) -> int:
 
     _positive(args.block_size, "--block-size")
     trace = read_trace(args.file)
-    export_mooncake(trace, args.output, block_size=args.block_size)
-    print(f"exported {trace.num_rounds:,} rounds to {args.output}", file=sys.stderr)
+    export_mooncake(trace, args.output, block_size=args.block_size, layout=args.layout)
+    print(f"exported {trace.num_rounds:,} rounds ({args.layout} layout) to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -161,8 +196,8 @@ def cmd_stats(args) -> int:
     fmt = args.format
     if args.block_size is not None:
         fmt = detect_format(args.file) if fmt == "auto" else fmt
-        if fmt != "mooncake":
-            raise InputError(f"applies to Mooncake rows only; a {fmt} trace states its own block size",
+        if fmt not in ("mooncake", "bailian"):
+            raise InputError(f"applies to Mooncake and Bailian rows only; a {fmt} trace states its own block size",
                              field="--block-size")
     trace = read_trace(args.file, fmt, block_size=args.block_size)
     return _show_stats(trace, args.json)
@@ -179,7 +214,7 @@ def _show_stats(trace, as_json: bool, extra: dict | None = None) -> int:
         return 0
     table = format_stats(stats)
     preset = _paper_preset(trace)
-    if preset:
+    if preset in TABLE2:
         paper = dict(zip(("turns_mean", "append_mean", "gen_mean", "total_mean", "context_mean"), TABLE2[preset]))
         lines = []
         for key, line in zip(FIELDS, table.splitlines()):

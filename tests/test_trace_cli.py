@@ -43,7 +43,7 @@ BAD_ARGS = [  # (arguments, start of the one stderr line); OUT is replaced by an
     (["trace", "synth", "--preset", "paper-32k", "-o", "OUT"], "dualpath trace synth: the following arguments "
      "are required: --agents"),
     (["trace", "synth", "--preset", "nope", "--agents", "5", "-o", "OUT"], "--preset: unknown preset 'nope' "
-     "(allowed: paper-32k, paper-48k, paper-64k)"),
+     "(allowed: paper-32k, paper-48k, paper-64k, smoke)"),
     (["trace", "synth", "--preset", "paper-32k", "--agents", "abc", "-o", "OUT"],
      "dualpath trace synth: argument --agents: invalid int value: 'abc'"),
     (["trace", "synth", "--preset", "paper-32k", "--agents", "0", "-o", "OUT"], "--agents: must be > 0, got 0"),

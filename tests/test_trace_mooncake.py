@@ -164,8 +164,12 @@ def test_session_prompt_shorter_than_its_context_is_an_error(tmp_path):
     rows = [row(0, 100, 50, [1], session_id="a", round=0), row(1, 120, 10, [2], session_id="a", round=1)]
     path = write_lines(tmp_path / "m.jsonl", rows)
     with pytest.raises(InputError) as exc:
-        import_mooncake(path)
+        import_mooncake(path, layout="whole")
     assert str(exc.value).startswith(f"{path}:2: input_length: 120 is shorter")
+    assert "--layout delta" in str(exc.value)
+    # detected per session, such rows are the delta layout: round 1 adds 120 tokens to a context of 150
+    trace = import_mooncake(path)
+    assert trace.prompt_tokens().tolist() == [100, 270]
 
 
 def test_session_errors_name_the_original_line(tmp_path):
@@ -179,7 +183,7 @@ def test_session_errors_name_the_original_line(tmp_path):
     rows = [row(9, 105, 10, [2], session_id="a", round=1), "", "", row(0, 100, 10, [1], session_id="a", round=0)]
     path = write_lines(tmp_path / "m.jsonl", rows)
     with pytest.raises(InputError) as exc:
-        import_mooncake(path)
+        import_mooncake(path, layout="whole")
     assert str(exc.value).startswith(f"{path}:1: input_length: 105 is shorter")
 
 
@@ -318,7 +322,7 @@ def test_wrong_block_size_is_reported_on_the_first_row(cli, mooncake_path):
     ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "delay": 1' + "0" * 400 + '}',
      "delay", "expected a finite number of milliseconds >= 0, got 1000"),
     ('{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1, 2], "session_id": "s", '
-     '"round": 9223372036854775808}', "round", "expected an integer >= 0 with 'session_id'"),
+     '"round": 9223372036854775808}', "round", "expected an integer >= 0, got 9223372036854775808"),
 ], ids=["hash_id", "output_length", "input_length", "timestamp", "delay", "round"])
 def test_integers_out_of_range_are_input_errors(cli, tmp_path, command, bad, field, problem):
     src = tmp_path / "in.jsonl"

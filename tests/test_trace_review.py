@@ -510,7 +510,7 @@ def test_stats_compares_with_the_paper_only_for_the_preset_itself(cli, tmp_path)
 
 def test_stats_block_size_only_for_mooncake(cli, tmp_path):
     src = write_lines(tmp_path / "t.jsonl", OURS)
-    one_line_error(cli("trace", "stats", src, "--block-size", 64), "--block-size: applies to Mooncake rows only")
+    one_line_error(cli("trace", "stats", src, "--block-size", 64), "--block-size: applies to Mooncake and Bailian rows only")
     one_line_error(cli("trace", "stats", src, "--format", "jsonl", "--block-size", 64), "--block-size: applies to")
     moon_src = write_lines(tmp_path / "m.jsonl", [moon(0, 100, 1, [1, 2])])
     assert cli("trace", "stats", moon_src, "--block-size", 64).rc == 0

@@ -1,4 +1,4 @@
-"""Reading and writing traces: Parquet (primary), JSONL (interchange), Mooncake JSONL (via import).
+"""Reading and writing traces: Parquet (primary), JSONL (interchange), Mooncake and Bailian JSONL (via import).
 
 Output files are written atomically (a temporary file beside the target, renamed when complete), so
 a failure never leaves a half-written file behind.
@@ -22,7 +22,7 @@ from traces.errors import InputError
 from traces.schema import (ARROW_TYPES, OPTIONAL, REQUIRED, Trace, arrow_schema, decode_meta, normalize_meta,
                            validate_table)
 
-FORMATS = ("auto", "parquet", "jsonl", "mooncake")
+FORMATS = ("auto", "parquet", "jsonl", "mooncake", "bailian")
 JSONL_HEADER_KEY = "dualpath_trace"
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -125,13 +125,15 @@ MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 
 def detect_format(path: str | os.PathLike) -> str:
     """parquet by name; otherwise from the first row: ours if it has an `agent_id` (or the file starts with
-    our header), Mooncake if it has Mooncake's fields."""
+    our header), Bailian if it has a `chat_id` and `parent_chat_id`, Mooncake if it has Mooncake's fields."""
     p = str(path)
     if p.endswith(".parquet"):
         return "parquet"
     for _, obj in json_lines(p):
         if not isinstance(obj, dict) or JSONL_HEADER_KEY in obj or "agent_id" in obj:
             return "jsonl"
+        if "chat_id" in obj and "parent_chat_id" in obj:
+            return "bailian"
         return "mooncake" if any(k in obj for k in MOONCAKE_KEYS) else "jsonl"
     return "jsonl"
 
@@ -149,6 +151,9 @@ def read_trace(path: str | os.PathLike, fmt: str = "auto", *, block_size: int | 
         return _read_parquet(p)
     if fmt == "jsonl":
         return _read_jsonl(p)
+    if fmt == "bailian":
+        from traces.bailian import import_bailian
+        return import_bailian(p, block_size=block_size)
     from traces.mooncake import import_mooncake
     return import_mooncake(p, block_size=block_size)
 

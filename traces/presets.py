@@ -1,4 +1,4 @@
-"""The paper's evaluation datasets (reference/paper.md §5.2, Table 2) as generator presets.
+"""The paper's evaluation datasets (reference/paper.md §5.2, Table 2) as generator presets, and `smoke`.
 
 Each preset states Table 2's turns, append and gen means as targets (the generator realises them) and
 its maximum context length; the shape parameters are the defaults of `SynthParams`, shared by all three
@@ -22,6 +22,8 @@ PRESETS = {
     name: SynthParams(max_context=MAX_CONTEXT[name], turns_mean=t[0], append_mean=t[1], gen_mean=t[2])
     for name, t in TABLE2.items()
 }
+# For CI and laptops: a small local model serves it in seconds (agents of ~1,200 tokens, at most 4K).
+PRESETS["smoke"] = SynthParams(max_context=4096, turns_mean=4, append_mean=200, gen_mean=64)
 
 
 def preset(name: str) -> SynthParams:

@@ -140,12 +140,16 @@ class Trace:
         return self.context_before() + self.col("append_tokens")
 
     def expected_cached_tokens(self) -> np.ndarray:
-        """What the trace says can be reused: the client-side rule for known agents, else hash ids."""
-        if self.agents_known or not self.has("hash_ids"):
+        """What the trace says can be reused: the client-side rule for known agents, hash ids for inferred
+        ones, and the larger of the two for agents linked by their parents (Bailian: an agent branched
+        off another shares its prefix)."""
+        linked = self.meta.get("agents") == "linked"
+        if (self.agents_known and not linked) or not self.has("hash_ids"):
             return self.context_before()
         from traces.hits import infinite_cache_hits
-        return infinite_cache_hits(self.table.column("hash_ids").combine_chunks(), self.prompt_tokens(),
+        hits = infinite_cache_hits(self.table.column("hash_ids").combine_chunks(), self.prompt_tokens(),
                                    self.block_size, order=self.arrival_order())
+        return np.maximum(hits, self.context_before()) if linked else hits
 
     def arrival_order(self) -> np.ndarray | None:
         """Row order by original timestamp (for hash-id hits replayed in the order they were seen, and

@@ -4,7 +4,9 @@
 - `append_mean` and `gen_mean` are means over agents of each agent's per-round mean;
 - `context_mean` is the mean prompt length over all rounds (as is `input_mean`, Mooncake's name);
 - `output_mean` is the mean generated length over all rounds;
-- `hit_rate` is token-weighted: sum of cached tokens over sum of prompt tokens.
+- `hit_rate` is token-weighted: sum of cached tokens over sum of prompt tokens (ours);
+- `hit_rate_per_request` is the mean over requests of each one's cached / prompt tokens (what AIPerf's
+  `analyze-trace` reports; lower where short requests hit less, as round 0 of every agent does).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from traces.schema import Trace
 
 FIELDS = ("agents", "requests", "turns_mean", "turns_p50", "turns_p99", "turns_max", "append_mean",
           "gen_mean", "context_mean", "total_mean", "input_mean", "output_mean", "hit_rate",
-          "duration_s")
+          "hit_rate_per_request", "duration_s")
 
 
 def table2_means(agent: np.ndarray, append: np.ndarray, gen: np.ndarray) -> dict:
@@ -60,6 +62,7 @@ def trace_stats(trace: Trace) -> dict:
         "input_mean": float(prompt.mean()),
         "output_mean": float(gen.mean()),
         "hit_rate": float(cached.sum() / prompt.sum()) if prompt.sum() else 0.0,
+        "hit_rate_per_request": float(np.mean(cached[prompt > 0] / prompt[prompt > 0])) if (prompt > 0).any() else 0.0,
         "duration_s": duration,
     }
 
@@ -71,11 +74,11 @@ def format_stats(stats: dict) -> str:
         v = stats.get(k)
         if v is None:
             text = "-"
-        elif k == "hit_rate":
+        elif k.startswith("hit_rate"):
             text = f"{v:.4f}"
         elif isinstance(v, float):
             text = f"{v:,.1f}"
         else:
             text = f"{v:,}"
-        lines.append(f"{k:<14}{text:>14}")
+        lines.append(f"{k:<20}{text:>14}")
     return "\n".join(lines)

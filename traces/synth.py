@@ -106,6 +106,12 @@ class SynthParams:
         for name in ("full_fraction", "early_stop_min"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"must be in [0, 1], got {getattr(self, name)}", field=name)
+        for name in ("turns_mean", "append_mean", "gen_mean"):  # every agent runs round 0; rounds hold >= 1 token
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        if self.gen_mean > self.gen_max:
+            raise InputError(f"must be at most gen_max {self.gen_max} (the per-round limit; --set gen_max=N), got "
+                             f"{self.gen_mean}", field="gen_mean")
         if self.turns_max_ratio < 1:
             raise InputError(f"must be >= 1, got {self.turns_max_ratio}", field="turns_max_ratio")
         if self.append_mean + self.gen_mean >= self.max_context:
@@ -136,6 +142,15 @@ class Latent:
     gen_scale: float
     intensity_sigma: float
     fill_scale: float = 1.0   # share of the context agents may fill (below 1 only for few-turn targets)
+    first_scale: float = 1.0  # the task prompt's scale (the steady search moves it with the append scale)
+
+
+def latent_meta(lat: Latent) -> dict:
+    """The latent as the trace's metadata states it (first_scale only where it is not 1: older traces)."""
+    out = asdict(lat)
+    if out["first_scale"] == 1.0:
+        del out["first_scale"]
+    return out
 
 
 # ----- sampling -----------------------------------------------------------------------------------
@@ -156,11 +171,18 @@ def _agent_latents(p: SynthParams, lat: Latent, n: int, rng: np.random.Generator
     z = _inv_cdf(z_lo + u_s * (1 - 2 * z_lo)).astype(float)
     s = np.exp(lat.intensity_sigma * z)
     s /= s.mean()
-    first = _lognormal(p.first_append_mean, p.first_append_sigma,
+    first = _lognormal(task_prompt_mean(p) * lat.first_scale, p.first_append_sigma,
                        _inv_cdf(np.clip(u_first, 1e-12, 1 - 1e-12)).astype(float))
     early = u_f < 1 - p.full_fraction
     frac = np.where(early, p.early_stop_min + (1 - p.early_stop_min) * u_f / max(1e-12, 1 - p.full_fraction), 1.0)
     return s, first, frac
+
+
+def task_prompt_mean(p: SynthParams) -> float:
+    """Round 0's mean append: `first_append_mean`, at most a quarter of an agent's appended tokens (turns x
+    append / 4), and at least one round's append: so few-turn targets (3 turns of 64 tokens) stay reachable.
+    The paper presets' 6,000 is below their cap (9,120 for paper-32k), so they draw exactly as before."""
+    return min(p.first_append_mean, p.append_mean * max(1.0, p.turns_mean / 4))
 
 
 def _drawn(values: np.ndarray, what: str, *params: str) -> np.ndarray:
@@ -175,10 +197,10 @@ def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Ge
     n, cap = len(s), p.turns_max
     with np.errstate(over="ignore"):
         gen_scale = lat.gen_scale * s[:, None] ** p.gen_coupling if p.gen_coupling else lat.gen_scale
-    gen = _drawn(_lognormal(gen_scale, p.gen_sigma, rng.standard_normal((n, cap))), "generated tokens",
+    gen = _drawn(_lognormal(gen_scale, p.gen_sigma, _round_normals(p, rng, n, cap)), "generated tokens",
                  "gen_sigma", "gen_coupling")
     gen = np.clip(np.rint(gen), 1, p.gen_max).astype(np.int64)
-    app = _drawn(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, rng.standard_normal((n, cap))),
+    app = _drawn(s[:, None] * _lognormal(lat.append_scale, p.append_sigma, _round_normals(p, rng, n, cap)),
                  "appended tokens", "append_sigma")
     # a round above max_context always ends its agent before it, so the cut changes nothing but the dtype's range
     app = np.maximum(1, np.minimum(np.rint(app), p.max_context + 1)).astype(np.int64)
@@ -190,6 +212,20 @@ def _sample_chunk(p: SynthParams, lat: Latent, s, first, frac, rng: np.random.Ge
     over[:, 0] = False  # round 0 always runs
     turns = np.where(over.any(axis=1), over.argmax(axis=1), cap)
     return turns, app, gen
+
+
+FEW_TURNS = 16  # below this mean, each round's draws are stratified across agents
+
+
+def _round_normals(p: SynthParams, rng: np.random.Generator, n: int, cap: int) -> np.ndarray:
+    """Standard normals for the rounds of n agents. Agents of few turns average few draws, so their means over
+    a few hundred agents would vary by more than 5 % between seeds: below FEW_TURNS mean turns, every round's
+    draws are stratified across the agents (each column a random permutation of the n strata), as the
+    agents' own latents are. Longer agents (the paper presets) draw independently, as they always have."""
+    if p.turns_mean >= FEW_TURNS:
+        return rng.standard_normal((n, cap))
+    u = (np.argsort(rng.random((n, cap)), axis=0) + rng.random((n, cap))) / n
+    return _inv_cdf(np.clip(u, 1e-12, 1 - 1e-12)).astype(float)
 
 
 def _flatten(turns, mat):
@@ -220,47 +256,108 @@ def solve_latent(p: SynthParams, *, tol: float = 0.002, max_iter: int = 60) -> L
 
     Append and gen scales follow their targets multiplicatively. Turns follow one knob x, by a secant on
     log(turns): x >= 0 is the intensity spread (more spread, more agents with small rounds and many
-    turns); x < 0 keeps no spread and lets agents fill only e^x of their context (few-turn targets)."""
+    turns); x < 0 keeps no spread and lets agents fill only e^x of their context (few-turn targets).
+    Targets this misses (means of a token or two, where rounding and the floor of 1 flatten the response,
+    or agents that fill a tiny share of a long context) get a second, steadier search: secant steps on
+    every scale and longer steps in x. The paper presets converge in the first, so their bytes are those
+    of the first search."""
     key = tuple(sorted(p.as_dict().items()))
     if key in _SOLVED:
         return _SOLVED[key]
     _check_reachable(p)
+    lat, m = _search(p, tol, max_iter, steady=False)
+    if lat is None:
+        lat, m = _search(p, STEADY_TOL, 4 * max_iter, steady=True)
+    if lat is None:
+        raise out_of_reach(p, m)
+    _SOLVED[key] = lat
+    return lat
+
+
+def _search(p: SynthParams, tol: float, max_iter: int, steady: bool) -> tuple[Latent | None, dict]:
+    """One search for the latent scales: (the solution or None, the pilot means where it stopped). The
+    steady search bisects x once turns are bracketed (turns move in steps where rounds are a few tokens)
+    and steps every scale by its secant."""
     a_scale, g_scale, x = p.append_mean * 0.8, p.gen_mean, 1.0
+    a_start = a_scale
     prev: tuple[float, float] | None = None  # (x, log turns) of the previous step
+    prev_scales: tuple[float, float, float, float] | None = None  # log (a scale, append, g scale, gen)
+    low = high = None  # steady: the largest x with too few turns, the smallest with too many
+    m: dict = {}
     for _ in range(max_iter):
-        lat = _latent(a_scale, g_scale, x)
+        lat = _latent(a_scale, g_scale, x, a_scale / a_start if steady else 1.0)
         m = _pilot_means(p, lat)
         ra = p.append_mean / m["append_mean"]
         rg = p.gen_mean / m["gen_mean"]
         rn = p.turns_mean / m["turns_mean"]
         if max(abs(ra - 1), abs(rg - 1), abs(rn - 1)) <= tol:
-            _SOLVED[key] = lat
-            return lat
+            return lat, m
         log_turns = math.log(m["turns_mean"])
         step = 0.7 * math.log(rn) * max(abs(x), 0.3)  # first step: proportional
         if prev is not None and abs(x - prev[0]) > 1e-9 and abs(log_turns - prev[1]) > 1e-9:
             slope = (log_turns - prev[1]) / (x - prev[0])
             if slope > 0:
                 step = math.log(rn) / slope
-        step = max(-0.5, min(0.5, step))
+        if steady:
+            step = max(-3.0, min(3.0, step))  # the fill share spans decades: longer steps
+            if abs(rn - 1) > tol:
+                if rn > 1:
+                    low = x if low is None else max(low, x)
+                else:
+                    high = x if high is None else min(high, x)
+            if low is not None and high is not None:
+                if low >= high or high - low < 1e-9:  # the scales moved under the bracket: start again
+                    low = high = None
+                else:
+                    step = (low + high) / 2 - x
+        else:
+            step = max(-0.5, min(0.5, step))
         new_x = min(SIGMA_MAX, max(X_MIN, x + step))
         if (new_x == x == SIGMA_MAX and rn > 1 + tol) or (new_x == x == X_MIN and rn < 1 - tol):
             break  # the knob is at its bound and turns still miss: out of reach
         prev = (x, log_turns)
+        if steady:
+            now = (math.log(a_scale), math.log(m["append_mean"]), math.log(g_scale), math.log(m["gen_mean"]))
+            ra = _secant_ratio(ra, now[0:2], prev_scales[0:2] if prev_scales else None)
+            rg = _secant_ratio(rg, now[2:4], prev_scales[2:4] if prev_scales else None)
+            prev_scales = now
         a_scale, g_scale, x = a_scale * ra, g_scale * rg, new_x
-    m = _pilot_means(p, _latent(a_scale, g_scale, x))
-    raise InputError(
-        f"these targets are out of reach of the generator (closest: turns {m['turns_mean']:.0f}, append "
-        f"{m['append_mean']:.0f}, gen {m['gen_mean']:.0f} for max_context {p.max_context}); "
-        "fewer turns, shorter rounds or a longer max_context fit together", field="turns_mean")
+    return None, m
 
 
-def _latent(append_scale: float, gen_scale: float, x: float) -> Latent:
-    return Latent(append_scale, gen_scale, max(0.0, x), math.exp(min(0.0, x)))
+def _secant_ratio(ratio: float, now: tuple[float, float], before: tuple[float, float] | None) -> float:
+    """The factor for a scale whose mean is `ratio` off its target: divided by the mean's elasticity to
+    the scale, measured on the last step (a mean floored at one token barely moves with its scale)."""
+    if before is None or abs(now[0] - before[0]) < 1e-12:
+        return ratio
+    elasticity = (now[1] - before[1]) / (now[0] - before[0])
+    if not elasticity > 0:
+        return ratio
+    step = math.log(ratio) / min(1.0, max(0.05, elasticity))
+    return math.exp(max(-2.0, min(2.0, step)))
+
+
+def out_of_reach(p: SynthParams, m: dict) -> InputError:
+    """The refusal of targets the search missed: why, and the largest turns (or the smallest context) that
+    fit an agent of the mean turns and round sizes."""
+    need = p.turns_mean * (p.append_mean + p.gen_mean)
+    fit_turns = max(1, math.floor(p.max_context / (p.append_mean + p.gen_mean)))
+    closest = (f"closest: turns {m['turns_mean']:.1f}, append {m['append_mean']:.1f}, gen {m['gen_mean']:.1f}"
+               if m else "")
+    return InputError(
+        f"{p.turns_mean:g} turns of {p.append_mean:g} appended + {p.gen_mean:g} generated tokens "
+        f"({need:,.0f} tokens for the mean agent) are out of reach in max_context {p.max_context:,} "
+        f"({closest}); turns_mean at most {fit_turns:,} fits, or max_context at least {math.ceil(need):,}",
+        field="turns_mean")
+
+
+def _latent(append_scale: float, gen_scale: float, x: float, first_scale: float = 1.0) -> Latent:
+    return Latent(append_scale, gen_scale, max(0.0, x), math.exp(min(0.0, x)), first_scale)
 
 
 SIGMA_MAX = 4.0
-X_MIN = math.log(0.02)
+STEADY_TOL = 0.01  # the second search's tolerance: the presets' 5 % band with room for seeds
+X_MIN = math.log(1e-9)  # agents may fill as little as this share of their context (single-turn targets)
 MAX_TURNS_CAP = 20_000
 
 
@@ -278,8 +375,7 @@ def _check_reachable(p: SynthParams) -> None:
 def synthesize(p: SynthParams, agents: int, seed: int, *, source: str = "synth", progress=None) -> Trace:
     """Generate `agents` trajectories; the same parameters and seed give the same trace, bit for bit."""
     p.validate()
-    if agents < 1:
-        raise InputError(f"must be >= 1, got {agents}", field="agents")
+    check_agents(p, agents)
     if seed < 0:
         raise InputError(f"must be >= 0, got {seed}", field="seed")
     lat = solve_latent(p)
@@ -315,7 +411,7 @@ def synthesize(p: SynthParams, agents: int, seed: int, *, source: str = "synth",
         "generator": "dualpath-bench traces.synth v1",
         "seed": seed,
         "agents": "known",
-        "params": {**p.as_dict(), "latent": asdict(lat)},
+        "params": {**p.as_dict(), "latent": latent_meta(lat)},
     }
     table = pa.table(
         [pa.array(np.concatenate(ids), type=pa.string()), pa.array(np.concatenate(rnd)),
@@ -323,6 +419,26 @@ def synthesize(p: SynthParams, agents: int, seed: int, *, source: str = "synth",
          pa.array(np.concatenate(lat_out), type=pa.float64())],
         schema=arrow_schema(cols, meta))
     return Trace(table, meta)
+
+
+MAX_AGENTS = 10_000_000
+MAX_ROUNDS = 100_000_000  # ~4 GB of rows in memory before they are written
+
+
+def check_agents(p: SynthParams, agents: int, field: str = "agents") -> None:
+    """Refuse, before drawing anything, a trace too large to hold: more than MAX_AGENTS agents, or more
+    than MAX_ROUNDS rounds expected (agents x turns_mean)."""
+    if isinstance(agents, bool) or not isinstance(agents, (int, np.integer)):
+        raise InputError(f"expected a whole number, got {agents!r}", field=field)
+    if agents < 1:
+        raise InputError(f"must be >= 1, got {agents}", field=field)
+    if agents > MAX_AGENTS:
+        raise InputError(f"{agents:,} agents is above the bound of {MAX_AGENTS:,}", field=field)
+    rounds = agents * p.turns_mean
+    if rounds > MAX_ROUNDS:
+        most = int(MAX_ROUNDS // p.turns_mean)
+        raise InputError(f"{agents:,} agents of {p.turns_mean:g} turns are ~{rounds:,.0f} rounds, above the bound "
+                         f"of {MAX_ROUNDS:,} (at most {most:,} agents for these targets)", field=field)
 
 
 def params_with(base: SynthParams, **overrides) -> SynthParams:
