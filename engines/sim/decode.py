@@ -68,20 +68,20 @@ class DecodeGroup:
         now = self.loop.now
         self._advance(now)
         heap = self.heap
-        changed = set()
+        changed = {}
         finished = []
         while heap and heap[0][0] <= self.v + 1e-9:
             _, _, req, de = heapq.heappop(heap)
             de.batch -= 1
             de.ctx_sum -= req.decode_ctx
             de.min_sum -= self.cost.min_ctx_topk(req.decode_ctx)
-            changed.add(de.id)
+            changed[de.id] = de
             finished.append((req, de))
-        for de in self.des:
-            if de.id in changed:
-                if de.batch == 0:
-                    de.ctx_sum = de.min_sum = 0.0
-                self._restep(de)
+        for de_id in sorted(changed):  # in the group's order (ids ascending), as every pass
+            de = changed[de_id]
+            if de.batch == 0:
+                de.ctx_sum = de.min_sum = 0.0
+            self._restep(de)
         self._reschedule()
         for req, de in finished:
             self.on_finish(req, de)

@@ -57,9 +57,15 @@ class Recorder:
         d["t"].extend([now - step_s] * n)
         d["engine"].extend([pe.name for pe, _ in rows])
         d["role"].extend(["prefill"] * n)
+        tokens, attention = d["batch_tokens"], d["attention_s"]
+        for _, batch in rows:
+            ntok, attn = 0, 0.0
+            for b in batch:
+                ntok += b[1]
+                attn += b[2]
+            tokens.append(int(ntok))
+            attention.append(attn)
         d["batch_requests"].extend([len(batch) for _, batch in rows])
-        d["batch_tokens"].extend([int(sum(b[1] for b in batch)) for _, batch in rows])
-        d["attention_s"].extend([float(sum(b[2] for b in batch)) for _, batch in rows])
         d["step_s"].extend([step_s] * n)
         d["queued_tokens"].extend([int(pe.tok) for pe, _ in rows])
         d["read_queue_tokens"].extend([int(read_q[pe.node]) for pe, _ in rows])
