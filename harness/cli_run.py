@@ -5,6 +5,7 @@ SLO instead (harness/capacity.py)."""
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -77,31 +78,92 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     backend.check({**scenario, "_path": args.scenario}, trace)
     rounds = trace.num_rounds
     run_dir = make_run_dir()
-    with ResultsWriter(run_dir, scenario) as writer:
-        for system in scenario["systems"]:
-            writer.begin_system(system)
-            t0 = time.perf_counter()
-            with progress(rounds, f"{system:<12}", unit="req") as advance:
-                facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
-                                           not_before, writer, advance)
-            wall = time.perf_counter() - t0
-            facts["wall_s"] = wall
-            if scenario["backend"] == "sim":
-                facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
-            summary = writer.end_system(facts)
-            aborted = (facts.get("driver") or {}).get("aborted")
-            if aborted:
-                print(f"{system}: {aborted}; kept the {summary['counts']['requests']['total']} requests measured",
-                      file=sys.stderr)
-            for warning in summary.get("warnings", []):
-                print(f"{system}: warning: {warning}", file=sys.stderr)
+    failures: list[str] = []
+    terminated = on_sigterm_interrupt()
+    try:
+        with ResultsWriter(run_dir, scenario) as writer:
+            for system in scenario["systems"]:
+                writer.begin_system(system)
+                t0 = time.perf_counter()
+                with progress(rounds, f"{system:<12}", unit="req") as advance:
+                    facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
+                                               not_before, writer, advance)
+                wall = time.perf_counter() - t0
+                facts["wall_s"] = wall
+                if scenario["backend"] == "sim":
+                    facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
+                driver = facts.get("driver") or {}
+                complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
+                                          and driver.get("requests_sent") == rounds)
+                summary = writer.end_system(facts, complete=complete)
+                for warning in summary.get("warnings", []):
+                    print(f"{system}: warning: {warning}", file=sys.stderr)
+                failure = run_failure(system, summary, rounds, scenario)
+                if failure:
+                    failures.append(failure)
+                if driver.get("aborted"):
+                    writer.close("aborted")  # the endpoint kept failing: the systems after it are not run
+                    break
+    except KeyboardInterrupt:
+        sig = "terminated" if terminated else "interrupted"
+        kept = sum(s["counts"]["requests"]["total"] for s in writer.summaries.values()) if "writer" in locals() else 0
+        print(f"dualpath: {sig}: kept the {kept} request(s) measured", file=sys.stderr)
+        print(f"results: {run_dir}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        terminated.restore()
     summary = writer.summary()
     if args.json:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
-        print(f"results: {run_dir}", file=sys.stderr)
-    return 0
+    for line in failures:
+        print(line, file=sys.stderr)
+    print(f"results: {run_dir}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_failure(system: str, summary: dict, rounds: int, scenario: dict) -> str | None:
+    """One error line when a system aborted or completed less than abort.min_ok_share of its requests."""
+    from harness.driver import ABORT_DEFAULTS
+
+    min_ok = float((scenario.get("abort") or {}).get("min_ok_share", ABORT_DEFAULTS["min_ok_share"]))
+    driver = summary.get("driver") or {}
+    req = summary["counts"]["requests"]
+    ok, failed, unsent = req["ok"], req["total"] - req["ok"], rounds - req["total"]
+    if not driver.get("aborted") and (rounds == 0 or ok >= min_ok * rounds):
+        return None
+    counts = f"{ok} of {rounds} requests completed, {failed} failed" + (f", {unsent} not sent" if unsent > 0 else "")
+    why = driver.get("aborted") or (f"fewer than abort.min_ok_share ({min_ok:g}) of its requests completed; "
+                                    f"commonest error: {driver.get('commonest_error')}")
+    return f"error: {system}: {why}; {counts}"
+
+
+class on_sigterm_interrupt:  # noqa: N801 (used like a function)
+    """SIGTERM does what Ctrl-C does (the run stops, the summary is written, every row is kept); the
+    instance is true once SIGTERM came, so the command exits 143 instead of 130."""
+
+    def __init__(self):
+        self.came = False
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            self.previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.came = True
+        handler = signal.getsignal(signal.SIGINT)  # asyncio's while a loop runs, else KeyboardInterrupt
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __bool__(self) -> bool:
+        return self.came
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def located(make, scenario: dict, path: str):

@@ -50,7 +50,7 @@ CONTRACT: dict[str, dict[str, pa.DataType]] = {
         "status": STR, "error": STR,
         # added for endpoints we drive (null for the simulator), so every backend's files share one schema:
         "t_dispatched": F64, "itl_s": pa.list_(F64), "server_prompt_tokens": I64, "tokens_from": STR,
-        "http_status": I64,
+        "http_status": I64, "max_tokens": I64,  # the output length asked for (null: the simulator's is exact)
     },
     "agents": {"system": STR, "agent_id": STR, "t_arrival": F64, "t_done": F64, "rounds": I64,
                "jct_s": F64, "status": STR},
@@ -66,11 +66,11 @@ TABLES = tuple(CONTRACT)
 # NaN ("not reached"); the other columns listed here allow null.
 OMITTABLE = {
     "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *metrics.BREAKDOWN_COLUMNS,
-                 "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status"},
+                 "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status", "max_tokens"},
     "agents": set(), "links": set(), "engines": {"group"},
 }
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
-                         "http_status"}, "agents": set(), "links": set(), "engines": {"group"}}
+                         "http_status", "max_tokens"}, "agents": set(), "links": set(), "engines": {"group"}}
 ALLOWED_VALUES = {
     ("requests", "status"): metrics.STATUSES, ("requests", "read_side"): ("pe", "de", "none"),
     ("agents", "status"): metrics.STATUSES, ("links", "direction"): ("rx", "tx"),
@@ -79,7 +79,7 @@ ALLOWED_VALUES = {
 }
 LINK_NAME = r"snic|dram|cnic\d+|[a-z0-9_:.-]+"  # ours, or a device a Prometheus endpoint reports
 STREAM_SUFFIX = ".arrows"
-RUN_STATUSES = ("running", "ok", "interrupted", "error")
+RUN_STATUSES = ("running", "ok", "interrupted", "error", "aborted")  # aborted: the endpoint kept failing
 
 
 # ----- batches -> Arrow tables with the contract's types ---------------------------------------------
