@@ -18,9 +18,9 @@ Rules beyond the per-key types:
   rates are checked against harness/capacity.py's defaults for the ones not given;
 - defaults filled: backend sim, systems [basic, dualpath] ([external] for http), arrival offline,
   trace.format auto, telemetry.window_s 1.0, seed 1, synth and arrival seeds = seed, gamma shape 1.0,
-  trace time_scale 1.0, endpoint.ignore_eos true, endpoint.api completions, endpoint.prompt token_ids,
-  endpoint.stall_timeout_s 60 (`abort.*` defaults live in harness/driver.py). Other optional keys stay
-  absent when not given.
+  trace time_scale 1.0, endpoint.ignore_eos true, endpoint.api completions, endpoint.prompt token_ids
+  (text for chat), endpoint.stall_timeout_s 60 (`abort.*` defaults live in harness/driver.py). Other
+  optional keys stay absent when not given.
 """
 from __future__ import annotations
 
@@ -599,7 +599,7 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
         ep = s["endpoint"]
         ep.setdefault("ignore_eos", True)
         ep.setdefault("api", "completions")
-        ep.setdefault("prompt", "token_ids")
+        ep.setdefault("prompt", "text" if ep["api"] == "chat" else "token_ids")  # chat messages are text
         ep.setdefault("stall_timeout_s", 60.0)
         if ep["api"] == "chat" and ep["prompt"] == "token_ids":
             ctx.fail("endpoint.prompt", "chat messages are text: use prompt: text with api: chat "

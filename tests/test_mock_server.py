@@ -273,11 +273,12 @@ def test_the_readme_example_runs_as_written_against_the_mock_server(tmp_path):
     del args[at:at + 2]  # the test's server takes a free port instead
     with MockServer(*args) as srv:
         env = {**os.environ, "DUALPATH_PROGRESS": "0"}
-        argv = run_cmd.split()[2:] + ["-o", str(tmp_path / "out"),
-                                      "--set", f"endpoint.url={srv.url}"]
+        scenario = yaml.safe_load((REPO / run_cmd.split()[2]).read_text())
+        moved = [f"endpoint.{k}={v.replace(f':{port}', ':' + srv.url.rsplit(':', 1)[1])}"
+                 for k, v in scenario["endpoint"].items() if k.endswith("url")]
+        argv = run_cmd.split()[2:] + ["-o", str(tmp_path / "out")] + [a for m in moved for a in ("--set", m)]
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", *argv], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=100)
-    scenario = yaml.safe_load((REPO / run_cmd.split()[2]).read_text())
     assert scenario["endpoint"]["url"].endswith(f":{port}"), "the README's server and scenario agree on the port"
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
