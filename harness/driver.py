@@ -78,6 +78,13 @@ def words_for(tokenizer: str | None) -> Words:
     return Words(load_tokenizer(tokenizer) if tokenizer else None)
 
 
+def endpoint_url(url: str, api: str) -> str:
+    """{url}/v1/completions or {url}/v1/chat/completions; a url given as OpenAI clients take it
+    (ending in /v1) works too."""
+    root = url.rstrip("/")
+    return (root[:-3] if root.endswith("/v1") else root) + PATHS[api]
+
+
 def error_kind(error: str | None) -> str:
     """What a failure was, without its details: `HTTP 400`, `ClientConnectorError`, `malformed stream`."""
     return (error or "unknown").split(":")[0][:80]
@@ -211,7 +218,7 @@ class Driver:
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.headers = headers
-        self.endpoint = cfg.url.rstrip("/") + PATHS[cfg.api]
+        self.endpoint = endpoint_url(cfg.url, cfg.api)
         limit = cfg.max_concurrency or 0
         self.gate = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)

@@ -88,12 +88,19 @@ def cmd_mock_server(args) -> int:
     tokenizer = None
     if args.tokenizer:
         from harness.prompts import load_tokenizer
-        tokenizer = load_tokenizer(args.tokenizer)
+        from traces.errors import InputError
+        try:
+            tokenizer = load_tokenizer(args.tokenizer)
+        except InputError as exc:
+            raise InputError(exc.problem, path=args.tokenizer, field="--tokenizer") from None
     server = MockServer(args, tokenizer)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the port is taken, the address is not this host's
+        raise UsageError(f"dualpath mock-server: cannot listen on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc}") from None
     return 0
 
 
@@ -101,6 +108,8 @@ class MockServer:
     def __init__(self, args, tokenizer=None):
         self.args = args
         self.tokenizer = tokenizer
+        from harness.prompts import Words
+        self.words = Words(tokenizer).words.tolist()  # generated text: one token a word in the tokenizer too
         self.cache: set = set()
         self.seq = 0
         self.log = open(args.log, "a", encoding="utf-8") if args.log else None
@@ -176,7 +185,8 @@ class MockServer:
             return self._error(web, 400, f"max_tokens must be a positive integer, got {asked!r}", rid, seq)
         n = min(asked, a.max_tokens_cap or asked)
         cached = self._cached(tokens)
-        out_words = [_WORDS[(seq * 7919 + k * 104729) % len(_WORDS)] for k in range(n)]
+        words = self.words
+        out_words = [words[(seq * 7919 + k * 104729) % len(words)] for k in range(n)]
         out_ids = [GEN_ID_LO + (seq * 7919 + k) % GEN_ID_SPAN for k in range(n)]
         gen_tokens = out_ids if isinstance(tokens, list) and tokens and isinstance(tokens[0], int) else out_words
         self._remember(list(tokens) + gen_tokens)
@@ -305,11 +315,3 @@ class MockServer:
 
 def _event(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _words():
-    from harness.prompt_words import WORDS
-    return WORDS
-
-
-_WORDS = _words()

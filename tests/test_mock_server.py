@@ -26,7 +26,8 @@ from harness.mock_server import LISTENING
 from harness.results import load_results, read_streams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_http_driver import PARAMS, SYSTEM, free_port, scenario_trace_of, write_scenario  # noqa: E402
+from test_http_driver import SYSTEM, free_port, scenario_trace_of, write_scenario  # noqa: E402
+from test_prompts_text import make_tokenizer_json  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,6 +139,22 @@ def test_a_text_only_chat_server_completes_every_request_and_agrees_with_its_log
             break
     print("median |driver - server| s:", attempts)
     assert max(attempts[-1].values()) <= TOL_S, attempts
+
+
+def test_with_one_tokenizer_on_both_sides_the_server_counts_the_traces_prompt_tokens(cli, tmp_path):
+    """Completions with text prompts sized by a tokenizer.json (most words several tokens in it), against
+    the mock server counting with the same file: every request's prompt is the trace's length."""
+    tok = make_tokenizer_json(tmp_path)
+    with MockServer("--prompt", "text", "--tokenizer", tok, "--ttft-ms", 5, "--itl-ms", 1) as srv:
+        scen = write_scenario(tmp_path, srv.url + "/v1", agents=4, seed=5,  # the /v1 form OpenAI clients take
+                              endpoint={"model": "mock", "prompt": "text", "tokenizer": str(tok)})
+        res, summary = run(cli, scen, tmp_path / "out")
+    assert res.rc == 0, res.err
+    req = load_results(tmp_path / "out")["requests"]
+    assert len(req) == scenario_trace_of(scen).num_rounds and (req["status"] == "ok").all()
+    assert (req["server_prompt_tokens"] == req["prompt_tokens"]).mean() > 0.9, "not sized in the server's tokens"
+    assert np.all(np.abs(req["server_prompt_tokens"] / req["prompt_tokens"] - 1) <= 0.05)
+    assert summary["systems"][SYSTEM]["hit_rate_achieved"] > 0.5
 
 
 # ----- failures are loud ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ library, so words split into several tokens and the builder has to fix its count
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -74,8 +75,7 @@ def test_a_hash_block_has_the_same_text_wherever_it_recurs(ids, block, length, c
     assert other.split()[:min(block, length)] != ta.split()[:min(block, length)], "different blocks, same text"
 
 
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory):
+def make_tokenizer_json(directory) -> Path:
     """A small BPE tokenizer.json trained on a few words: most of the list is several tokens in it."""
     tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers library (pip install tokenizers)")
     from tokenizers import models, pre_tokenizers, trainers
@@ -86,9 +86,14 @@ def tokenizer_json(tmp_path_factory):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = [" ".join(WORDS[i:i + 40]) for i in range(0, 200, 40)] * 20
     tok.train_from_iterator(corpus, trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path = Path(directory) / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory):
+    return make_tokenizer_json(tmp_path_factory.mktemp("tok"))
 
 
 def test_with_a_tokenizer_appends_have_the_exact_token_count(tokenizer_json):
