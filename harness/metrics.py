@@ -457,7 +457,8 @@ def format_table(summaries: Mapping[str, dict]) -> str:
         mark = "*" if s.get("complete") is False else ""  # never a bare JCT for a run with failed rounds
         if mark:
             incomplete.append(system)
-        rows.append((system, f"{req['ok']}/{req['total']}", _fmt(s.get("makespan_jct_s"), 4) + mark,
+        jct = None if mark and not s["counts"].get("agents_done") else s.get("makespan_jct_s")  # no agent finished
+        rows.append((system, f"{req['ok']}/{req['total']}", _fmt(jct, 4) + mark,
                      _fmt(lat["ttft_s"]["p50"]), _fmt(lat["ttft_s"]["p99"]), _fmt(lat["tpot_s"]["p50"]),
                      _fmt(s.get("snic_balance")), _fmt(s.get("attention_balance")),
                      "-" if hit is None else f"{hit:.3f}"))
