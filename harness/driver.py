@@ -368,7 +368,8 @@ class Driver:
         why = None
         if self.consecutive_failures >= cfg.max_consecutive_failures:
             why = f"{self.consecutive_failures} requests in a row failed (abort.max_consecutive_failures)"
-        elif len(self.recent) == cfg.window_requests and self.recent_failed > cfg.max_failure_share * cfg.window_requests:
+        elif (len(self.recent) == cfg.window_requests
+              and self.recent_failed > cfg.max_failure_share * cfg.window_requests):
             why = (f"{self.recent_failed} of the last {cfg.window_requests} requests failed "
                    f"(abort.max_failure_share {cfg.max_failure_share:g})")
         if why:

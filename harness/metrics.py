@@ -366,10 +366,11 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
                    "rounds": int(np.nansum(_float(agents, "rounds"))) if agents is not None and len(agents)
                    else int(len(requests)),
                    "short_output": int(short.sum())},  # ok requests that generated fewer tokens than asked
-        "short_output_median": ({"output_tokens": float(np.median(got[short])), "max_tokens": float(np.median(asked[short]))}
-                                if short.any() else None),
+        "short_output_median": ({"output_tokens": float(np.median(got[short])),
+                                 "max_tokens": float(np.median(asked[short]))} if short.any() else None),
         # the server's usage.prompt_tokens over the trace's prompt_tokens, median (a tokenizer or template check)
-        "server_prompt_tokens_ratio": float(np.median(server_prompt[counted] / prompt[counted])) if counted.any() else None,
+        "server_prompt_tokens_ratio": (float(np.median(server_prompt[counted] / prompt[counted]))
+                                       if counted.any() else None),
         "makespan_jct_s": makespan,
         "duration_s": duration,
         "throughput": {

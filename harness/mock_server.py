@@ -84,7 +84,8 @@ def cmd_mock_server(args) -> int:
         raise UsageError("dualpath mock-server: --api chat takes text (messages); use --prompt text")
     args.prompt = args.prompt or ("text" if args.api == "chat" else "token_ids")
     if args.fail_status is not None and not 400 <= args.fail_status <= 599:
-        raise UsageError(f"dualpath mock-server: --fail-status must be an HTTP error status (400..599), got {args.fail_status}")
+        raise UsageError("dualpath mock-server: --fail-status must be an HTTP error status (400..599), "
+                         f"got {args.fail_status}")
     tokenizer = None
     if args.tokenizer:
         from harness.prompts import load_tokenizer
@@ -215,7 +216,8 @@ class MockServer:
                 await self._pace(t_head, k)
                 last = k == n - 1
                 if chat:
-                    choice = {"index": 0, "delta": ({"role": "assistant"} if k == 0 else {}) | {"content": " " + out_words[k]},
+                    delta = {"role": "assistant"} if k == 0 else {}
+                    choice = {"index": 0, "delta": delta | {"content": " " + out_words[k]},
                               "finish_reason": "length" if last else None}
                 else:
                     choice = {"index": 0, "text": " " + out_words[k], "finish_reason": "length" if last else None,

@@ -607,7 +607,8 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
         if "tokenizer" in ep:
             if ep["prompt"] != "text":
                 ctx.fail("endpoint.tokenizer", "only with endpoint.prompt: text (it sizes text prompts)")
-            ep["tokenizer"] = _absolute_if_path(ep["tokenizer"], _base(ctx, "endpoint.tokenizer", base_dir), always=True)
+            base = _base(ctx, "endpoint.tokenizer", base_dir)
+            ep["tokenizer"] = _absolute_if_path(ep["tokenizer"], base, always=True)
             if not Path(ep["tokenizer"]).is_file():
                 ctx.fail("endpoint.tokenizer", f"no such file {ep['tokenizer']!r} (a tokenizer.json)")
         for k, v in (ep.get("headers") or {}).items():

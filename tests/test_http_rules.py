@@ -15,7 +15,8 @@ from harness.results import load_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scripted_server import Reply, ScriptedServer  # noqa: E402
-from test_http_driver import FAST, SYSTEM, drive, free_port, scenario_trace_of, small_trace, write_scenario  # noqa: E402
+from test_http_driver import (FAST, SYSTEM, drive, free_port, scenario_trace_of, small_trace,  # noqa: E402
+                              write_scenario)
 
 pytestmark = pytest.mark.timeout(90)
 
