@@ -81,8 +81,8 @@ async def complete(session: aiohttp.ClientSession, url: str, body: bytes, header
                     return _fail(c, "error", f"HTTP {resp.status}: {' '.join(text.split())[:200]}")
                 await _read_stream(resp, c)
     except aiohttp.ServerTimeoutError as exc:  # before TimeoutError: it is one
-        what = "connecting" if "connect" in str(exc).lower() else "no byte from the server"
-        return _fail(c, "timeout", f"{what} for {stall_s:g} s (endpoint.stall_timeout_s)")
+        what = "could not connect within" if "connect" in str(exc).lower() else "no byte from the server for"
+        return _fail(c, "timeout", f"{what} {stall_s:g} s (endpoint.stall_timeout_s)")
     except TimeoutError:
         return _fail(c, "timeout", f"no complete response within {timeout_s:g} s")
     except aiohttp.ClientError as exc:

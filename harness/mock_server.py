@@ -35,6 +35,7 @@ BLOCK = 16                  # prefix-cache block, in tokens
 CACHE_LIMIT = 4_000_000     # cached blocks kept before the cache is cleared (bounded memory)
 GEN_ID_LO, GEN_ID_SPAN = 50_000, 10_000  # generated token ids (clear of harness.prompts' 1000 .. 30000)
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default when a request gives none
+SHUTDOWN_S = 1.0            # on SIGINT/SIGTERM, requests still streaming get this long
 
 
 def register(sub) -> None:
@@ -126,7 +127,9 @@ class MockServer:
             app.router.add_post(reset, self.reset)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handlers end when their client hangs up (a hung or cut stream), and a stop waits at most 1 s for them
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                               shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, self.args.host, self.args.port)
         await site.start()

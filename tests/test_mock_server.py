@@ -68,15 +68,19 @@ class MockServer:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
     def stop(self) -> int | None:
+        """SIGTERM (a server that died already stays as it is); it must be gone within 10 s."""
+        killed = False
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
+                killed = True
                 self.proc.kill()
                 self.proc.wait(10)
         self.reader.join(10)
         assert self.proc.poll() is not None, "the mock server is still running"
+        assert not killed, "the mock server did not stop on SIGTERM within 10 s"
         return self.proc.returncode
 
     def __enter__(self) -> "MockServer":
@@ -127,6 +131,7 @@ def _chat_attempt(cli, tmp_path: Path, k: int) -> dict:
             "tpot": float(np.median(np.abs(tpot[many] - np.array([r["tpot_s"] for r in server])[many])))}
 
 
+@pytest.mark.slow
 def test_a_text_only_chat_server_completes_every_request_and_agrees_with_its_log(cli, tmp_path):
     """api chat + prompt text against `mock-server --api chat --prompt text`: every request ok, the server's
     prompt token counts within 5 %, and TTFT (from the send) and TPOT within 2 ms of what the server logged
@@ -210,6 +215,7 @@ def test_a_server_that_dies_exits_1_aborted_and_keeps_every_row(cli, tmp_path):
     assert len(ok) >= 10 and (req["status"] != "ok").sum() == 20
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_the_summary_written_and_rows_kept(tmp_path):
     out = tmp_path / "out"
     with MockServer("--ttft-ms", 20, "--itl-ms", 40) as srv:
@@ -282,6 +288,7 @@ def readme_commands() -> tuple[str, str]:
     return mock, run_cmd
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_written_against_the_mock_server(tmp_path):
     mock, run_cmd = readme_commands()
     args = mock.rstrip("&").split()[2:]
