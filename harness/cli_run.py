@@ -245,6 +245,7 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         print(capacity.format_probe(system, p), file=sys.stderr, flush=True)
         save("running")
 
+    terminated = on_sigterm_interrupt()
     try:
         for system in scenario["systems"]:
             results[system] = {"capacity_aps": None, "probes": []}
@@ -252,9 +253,11 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             results[system]["capacity_aps"] = best
     except KeyboardInterrupt:
         save("interrupted")
-        print(f"interrupted: kept {sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}",
-              file=sys.stderr)
-        return 130
+        print(f"{'terminated' if terminated else 'interrupted'}: kept "
+              f"{sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        terminated.restore()
     save("ok")
     if args.json:
         emit_json(summary)
