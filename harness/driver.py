@@ -279,7 +279,7 @@ class Driver:
                 if i == lo:
                     t_first_sched = t_sched
                 if self.aborted or (self.stop_at_s is not None and t_sched > self.stop_at_s):
-                    status = "cancelled"
+                    status = "cancelled" if status == "ok" else status  # a failed agent stays error
                     break
                 r = i - lo
 
@@ -298,7 +298,7 @@ class Driver:
                 if t_sched - QUIET_S > self.pacer.now():
                     _, request = await self.pacer.send_at(t_sched, build)  # built ahead, in a quiet moment
                     if request is None:  # the run is ending
-                        status = "cancelled"
+                        status = "cancelled" if status == "ok" else status
                         break
                 else:  # due now (the previous round just ended): building it is the harness's own lag
                     request = build()
@@ -323,7 +323,7 @@ class Driver:
                 if i + 1 < hi:
                     t_sched = last_done + self.tool[i + 1]
         except asyncio.CancelledError:
-            status = "cancelled"
+            status = "cancelled" if status == "ok" else status
             raise
         finally:
             self.agent_rows[a] = (t_first_sched, last_done, done_rounds, status)

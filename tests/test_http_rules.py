@@ -126,3 +126,22 @@ def test_the_resolved_scenario_shows_the_endpoint_defaults(cli, tmp_path):
     assert (ep["api"], ep["prompt"], ep["stall_timeout_s"]) == ("completions", "token_ids", 60.0)
     chat = load_scenario(scen, ["endpoint.api=chat"])["endpoint"]
     assert (chat["api"], chat["prompt"]) == ("chat", "text")
+
+
+def test_a_listener_that_never_accepts_ends_the_run_after_one_stall():
+    """The kernel completes the connections (backlog) but nothing ever reads them: 24 agents' first requests
+    time out together after stall_timeout_s, which breaks max_consecutive_failures; the rest are cancelled."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        t0 = time.monotonic()
+        run = drive(f"http://127.0.0.1:{listener.getsockname()[1]}", small_trace(24, seed=1),
+                    stall_timeout_s=0.5, timeout_s=600)
+        wall = time.monotonic() - t0
+    assert 0.5 <= wall < 3.0, wall
+    assert run.facts["driver"]["aborted"].startswith("aborted: 20 requests in a row failed")
+    assert len(run.requests) == 20 and (run.requests["status"] == "timeout").all()
+    assert set(run.agents["status"]) <= {"error", "cancelled"} and (run.agents["status"] == "cancelled").sum() == 4
