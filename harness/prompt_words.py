@@ -1,7 +1,8 @@
 """The word list text prompts are built from when no tokenizer is named: common lower-case English words,
-each one token with its leading space (" the", " water") in the tokenizers of the common open models
-(GPT-2/cl100k-style byte BPE, Llama, Qwen, DeepSeek), so a prompt of n words is about n tokens. With a
-tokenizer (`endpoint.tokenizer`), words that are not one token in it are left out (harness/prompts.py).
+each one token with its leading space (" the", " water"), so a prompt of n words is n tokens. Checked
+against GPT-2, cl100k_base, o200k_base (gpt-tokenizer 4.0.0), Llama 3 (llama3-tokenizer-js 1.2.0) and
+Llama 2 (llama-tokenizer-js 1.2.2): every word is one token in each. With a tokenizer
+(`endpoint.tokenizer`), words that are not one token in it are left out (harness/prompts.py).
 """
 WORDS = tuple("""
 the of and to in is was for that with on as by at from his her this which but not are be have had they you
@@ -11,7 +12,7 @@ also did many before must years back where much your way well down should becaus
 too little state good very make world still own see men work long here get both between life being under
 never day same another know while last might us great old year off come since against go came right used
 take three states himself few house use during without again place around however home small found thought
-went say part once general high upon school every does got united left number course war until always away
+went say part once general high upon school every does got left number course war until always away
 something fact though water less public put think almost hand enough far took head yet government system
 better set told nothing night end why called find going look asked later knew point next city business give
 group toward young let room president side social given present several order national possible rather
@@ -27,16 +28,15 @@ child result effect seems board living stay list plan road town woman friend sto
 model land size press bad feel fine cost army lead truth figure blood base floor trade deal date bed sun tax
 act ball drug fish gas god hall hat hot ice job key king lady leg lie mom net oil pay pen pot rock rule run
 sea sir sky son tea test tree vote wall wife win wine wood yard yes zone baby bank bar bill bird book box
-boy camp card cat chair cell coach cold cook copy corn crew dark desk diet dog dream dress drink drop dust
-duty earth edge egg error event exam farm fan fear fee film finger flag flat flight food foot fruit fund
-gift glass gold golf green guest guide gun hair hell hero hill hole horse host hour husband island item joke
-judge kid kitchen knee lake layer leader leaf lesson link lunch magazine manner map mark meal meat media
-memory metal milk mission mood moon mountain mouth movie name neck news nose ocean option owner page pain
-pair park path peace phone photo piece pilot plant plate player pocket poem poet pool port post price prison
-profit queen radio rain rate region rest rice ring risk river roof root rose salt sand scene score seat seed
-shape share sheet ship shirt shoe shop shot sign silver sister site skill skin sleep smile snow song soul
-source space speech spirit sport spring staff stage star station step stone store storm street style sugar
-summer surface task taste teacher team tear term text theory ticket tone tool topic tour tower track train
-trip truck union unit user vehicle victim video village visit wave weapon weather week weight wheel window
-winter wish writer youth
+boy camp card cat chair cell coach cold cook copy corn crew dark dog dream dress drink drop dust duty earth
+edge egg error event exam farm fan fear fee film finger flag flat flight food foot fruit fund gift glass
+gold golf green guest guide gun hair hell hero hill hole horse host hour husband island item judge kid
+kitchen lake layer leader leaf link magazine manner map mark meat media memory metal milk mission moon
+mountain mouth movie name neck news nose ocean option owner page pain pair park path peace phone photo piece
+pilot plant plate player pocket poem poet pool port post price prison profit queen radio rain rate region
+rest rice ring risk river roof root rose salt sand scene score seat seed shape share sheet ship shop shot
+sign silver sister site skill skin sleep smile snow song soul source space speech spirit sport spring staff
+stage star station step stone store storm street style sugar summer surface task taste teacher team term
+text theory ticket tone tool topic tour tower track train trip union unit user vehicle victim video village
+visit wave weapon weather week weight wheel window winter wish writer youth
 """.split())
