@@ -613,6 +613,10 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
                 ctx.fail("endpoint.tokenizer", f"no such file {ep['tokenizer']!r} (a tokenizer.json)")
         for k, v in (ep.get("headers") or {}).items():
             ep["headers"][k] = str(v)
+        for k in ("prompt", "messages", "stream"):
+            if k in (ep.get("extra_body") or {}):
+                ctx.fail(f"endpoint.extra_body.{k}", "set by the driver for every request (it streams the trace's "
+                         "prompts); extra_body adds what a server needs beyond that")
         for k in ("max_failure_share", "min_ok_share"):
             if s.get("abort", {}).get(k, 0) > 1:
                 ctx.fail(f"abort.{k}", f"must be a share from 0 to 1, got {s['abort'][k]:g}")

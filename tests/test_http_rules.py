@@ -107,6 +107,8 @@ def test_a_lower_min_ok_share_accepts_the_same_run(cli, tmp_path):
     ({"prompt": "text", "tokenizer": "missing.json"}, {}, "endpoint.tokenizer"),
     ({"stall_timeout_s": 0}, {}, "endpoint.stall_timeout_s"),
     ({"headers": {"X-A": [1]}}, {}, "endpoint.headers.X-A"),
+    ({"extra_body": {"stream": False}}, {}, "endpoint.extra_body.stream"),
+    ({"extra_body": [1]}, {}, "endpoint.extra_body"),
     ({}, {"abort": {"max_failure_share": 1.5}}, "abort.max_failure_share"),
     ({}, {"abort": {"window_requests": 0}}, "abort.window_requests"),
     ({}, {"abort": {"max_consecutive": 3}}, "abort.max_consecutive"),
