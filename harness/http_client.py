@@ -16,6 +16,7 @@ a one-line `error`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -70,8 +71,8 @@ async def complete(session: aiohttp.ClientSession, url: str, body: bytes, header
                    stall_s: float | None = None, keep_text: bool = False) -> Completion:
     """Send one request and read its stream to the end (or to a timeout: `timeout_s` for the whole
     request, `stall_s` without a byte from the server, the wait for the response's head included)."""
+    stall = _stall_timeout(stall_s) if stall_s else None
     c = Completion(t_sent_ns=time.perf_counter_ns(), text=[] if keep_text else None)
-    stall = aiohttp.ClientTimeout(total=None, sock_read=stall_s, sock_connect=stall_s) if stall_s else None
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(url, data=body, headers=headers, timeout=stall) as resp:
@@ -94,6 +95,12 @@ async def complete(session: aiohttp.ClientSession, url: str, body: bytes, header
     if c.status == "ok":
         _finish_counts(c)
     return c
+
+
+@functools.lru_cache(maxsize=8)
+def _stall_timeout(stall_s: float) -> aiohttp.ClientTimeout:
+    """No byte for stall_s (connecting, or waiting for the head or the next chunk) is a timeout."""
+    return aiohttp.ClientTimeout(total=None, sock_read=stall_s, sock_connect=stall_s)
 
 
 def _fail(c: Completion, status: str, error: str) -> Completion:

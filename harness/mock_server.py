@@ -10,7 +10,8 @@ ids when `return_token_ids` is set, as vLLM does); `--prompt text` takes text on
 to a token-id prompt, as GuideLLM's mock server does. Text is counted in tokens with `--tokenizer` (a
 tokenizer.json), else one token a word. Every request gets min(max_tokens, `--max-tokens-cap`) tokens:
 the first `--ttft-ms` after its head was read, then one every `--itl-ms` (paced against absolute
-deadlines, so the pace does not drift). A prefix cache in blocks of 16 tokens reports `cached_tokens`;
+deadlines, so the pace does not drift; behind them, tokens catch up at most twice as fast, not in a
+burst). A prefix cache in blocks of 16 tokens reports `cached_tokens`;
 POST /reset_prefix_cache or /flush_cache clears it.
 
 Failures on purpose: `--fail-status N` answers every completion with HTTP N; `--hang` reads every
@@ -35,6 +36,7 @@ BLOCK = 16                  # prefix-cache block, in tokens
 CACHE_LIMIT = 4_000_000     # cached blocks kept before the cache is cleared (bounded memory)
 GEN_ID_LO, GEN_ID_SPAN = 50_000, 10_000  # generated token ids (clear of harness.prompts' 1000 .. 30000)
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default when a request gives none
+CATCH_UP = 0.5              # a late token's successor comes at least this share of --itl-ms after it
 SHUTDOWN_S = 1.0            # on SIGINT/SIGTERM, requests still streaming get this long
 
 
@@ -216,7 +218,7 @@ class MockServer:
         obj_kind = "chat.completion.chunk" if chat else "text_completion"
         try:
             for k in range(n):
-                await self._pace(t_head, k)
+                await self._pace(t_head, k, times[-1] if times else None)
                 last = k == n - 1
                 if chat:
                     delta = {"role": "assistant"} if k == 0 else {}
@@ -240,9 +242,12 @@ class MockServer:
         self._write_log(self._timed(rec, t_head, times))
         return resp
 
-    async def _pace(self, t_head_ns: int, k: int) -> None:
-        """Wait until token k's time: ttft after the head, then itl per token."""
+    async def _pace(self, t_head_ns: int, k: int, t_prev_ns: int | None = None) -> None:
+        """Wait until token k's time: ttft after the head, then itl per token; a token that came late is
+        caught up at most twice as fast (never a burst of tokens, as a real server under load)."""
         due = t_head_ns + int((self.args.ttft_ms + k * self.args.itl_ms) * 1e6)
+        if t_prev_ns is not None:
+            due = max(due, t_prev_ns + int(CATCH_UP * self.args.itl_ms * 1e6))
         wait = (due - time.perf_counter_ns()) * 1e-9
         if wait > 0:
             await asyncio.sleep(wait)
