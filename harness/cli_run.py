@@ -57,11 +57,25 @@ def cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     backend = backend_module(scenario, args.scenario)
 
+    made: list[Path] = []
+
     def run_dir() -> Path:  # made once the inputs are known good: a bad trace leaves no empty directory
-        return Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
-    if args.capacity:
-        return run_capacity(args, scenario, backend, run_dir)
-    return run_systems(args, scenario, backend, run_dir)
+        made.append(Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"]))
+        return made[-1]
+    terminated = on_sigterm_interrupt()
+    try:
+        if args.capacity:
+            rc = run_capacity(args, scenario, backend, run_dir)
+            return 143 if rc == 130 and terminated else rc
+        return run_systems(args, scenario, backend, run_dir)
+    except KeyboardInterrupt:  # the results writer has written the summary (status interrupted) and kept every row
+        print(f"dualpath: {'terminated' if terminated else 'interrupted'}"
+              + (": kept every request measured" if made else ""), file=sys.stderr)
+        if made:
+            print(f"results: {made[-1]}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        terminated.restore()
 
 
 def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
@@ -79,39 +93,29 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     rounds = trace.num_rounds
     run_dir = make_run_dir()
     failures: list[str] = []
-    terminated = on_sigterm_interrupt()
-    try:
-        with ResultsWriter(run_dir, scenario) as writer:
-            for system in scenario["systems"]:
-                writer.begin_system(system)
-                t0 = time.perf_counter()
-                with progress(rounds, f"{system:<12}", unit="req") as advance:
-                    facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
-                                               not_before, writer, advance)
-                wall = time.perf_counter() - t0
-                facts["wall_s"] = wall
-                if scenario["backend"] == "sim":
-                    facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
-                driver = facts.get("driver") or {}
-                complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
-                                          and driver.get("requests_sent") == rounds)
-                summary = writer.end_system(facts, complete=complete)
-                for warning in summary.get("warnings", []):
-                    print(f"{system}: warning: {warning}", file=sys.stderr)
-                failure = run_failure(system, summary, rounds, scenario)
-                if failure:
-                    failures.append(failure)
-                if driver.get("aborted"):
-                    writer.close("aborted")  # the endpoint kept failing: the systems after it are not run
-                    break
-    except KeyboardInterrupt:
-        sig = "terminated" if terminated else "interrupted"
-        kept = sum(s["counts"]["requests"]["total"] for s in writer.summaries.values()) if "writer" in locals() else 0
-        print(f"dualpath: {sig}: kept the {kept} request(s) measured", file=sys.stderr)
-        print(f"results: {run_dir}", file=sys.stderr)
-        return 143 if terminated else 130
-    finally:
-        terminated.restore()
+    with ResultsWriter(run_dir, scenario) as writer:
+        for system in scenario["systems"]:
+            writer.begin_system(system)
+            t0 = time.perf_counter()
+            with progress(rounds, f"{system:<12}", unit="req") as advance:
+                facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
+                                           not_before, writer, advance)
+            wall = time.perf_counter() - t0
+            facts["wall_s"] = wall
+            if scenario["backend"] == "sim":
+                facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
+            driver = facts.get("driver") or {}
+            complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
+                                      and driver.get("requests_sent") == rounds)
+            summary = writer.end_system(facts, complete=complete)
+            for warning in summary.get("warnings", []):
+                print(f"{system}: warning: {warning}", file=sys.stderr)
+            failure = run_failure(system, summary, rounds, scenario)
+            if failure:
+                failures.append(failure)
+            if driver.get("aborted"):
+                writer.close("aborted")  # the endpoint kept failing: the systems after it are not run
+                break
     summary = writer.summary()
     if args.json:
         emit_json(summary)
@@ -245,7 +249,6 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         print(capacity.format_probe(system, p), file=sys.stderr, flush=True)
         save("running")
 
-    terminated = on_sigterm_interrupt()
     try:
         for system in scenario["systems"]:
             results[system] = {"capacity_aps": None, "probes": []}
@@ -253,11 +256,9 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             results[system]["capacity_aps"] = best
     except KeyboardInterrupt:
         save("interrupted")
-        print(f"{'terminated' if terminated else 'interrupted'}: kept "
-              f"{sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}", file=sys.stderr)
-        return 143 if terminated else 130
-    finally:
-        terminated.restore()
+        print(f"interrupted: kept {sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}",
+              file=sys.stderr)
+        return 130
     save("ok")
     if args.json:
         emit_json(summary)
