@@ -373,12 +373,21 @@ class Driver:
             why = (f"{self.recent_failed} of the last {cfg.window_requests} requests failed "
                    f"(abort.max_failure_share {cfg.max_failure_share:g})")
         if why:
-            self.aborted = f"aborted: {why}; commonest error: {self.commonest_error()}"
+            self.aborted = f"aborted: {why}; commonest error: {self.commonest_error()}" + self._hint()
             self.pacer.release_all()  # agents waiting for later rounds see the abort now
             me = asyncio.current_task()
             for task in getattr(self, "agent_tasks", ()):
                 if task is not me:  # requests in flight would wait for their own timeouts: end them now
                     task.cancel()
+
+    def _hint(self) -> str:
+        """What to check when every request fails the same way a wrong setting would make it fail."""
+        kind = max(self.errors.items(), key=lambda kv: kv[1][0])[0]
+        if kind == "HTTP 404":
+            return f" (POST {self.endpoint} was not found: check endpoint.url and endpoint.api)"
+        if kind in ("HTTP 400", "HTTP 422"):
+            return " (the server refused the request's form: check endpoint.api, endpoint.prompt and extra_body)"
+        return ""
 
     async def _flush_every(self) -> None:
         while True:

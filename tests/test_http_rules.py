@@ -147,3 +147,12 @@ def test_a_listener_that_never_accepts_ends_the_run_after_one_stall():
     assert run.facts["driver"]["aborted"].startswith("aborted: 20 requests in a row failed")
     assert len(run.requests) == 20 and (run.requests["status"] == "timeout").all()
     assert set(run.agents["status"]) <= {"error", "cancelled"} and (run.agents["status"] == "cancelled").sum() == 4
+
+
+def test_a_404_on_every_request_says_which_url_and_keys_to_check():
+    trace = small_trace(4, seed=1, turns_mean=8, append_mean=50, gen_mean=10)
+    with ScriptedServer(FAST) as srv:  # it serves /v1/completions only
+        run = drive(srv.url, trace, api="chat", prompt="text")
+    aborted = run.facts["driver"]["aborted"]
+    assert "HTTP 404" in aborted and f"POST {srv.url}/v1/chat/completions was not found" in aborted
+    assert "endpoint.api" in aborted
