@@ -23,7 +23,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "status": STR, "error": STR,
         # added for endpoints we drive (null for the simulator), so every backend's files share one schema:
         "t_dispatched": F64, "itl_s": F64_LIST, "server_prompt_tokens": I64, "tokens_from": STR,
-        "http_status": I64,
+        "http_status": I64, "max_tokens": I64,  # the output length asked for (null: the simulator's is exact)
     },
     "agents": {"system": STR, "agent_id": STR, "t_arrival": F64, "t_done": F64, "rounds": I64,
                "jct_s": F64, "status": STR},
@@ -41,7 +41,8 @@ LINK_COLUMNS = tuple(COLUMNS["links"])
 ENGINE_COLUMNS = tuple(COLUMNS["engines"])
 
 STATUSES = ("ok", "error", "timeout", "cancelled")          # a request's or an agent's
-RUN_STATUSES = ("running", "ok", "interrupted", "error")     # a results directory's
+RUN_STATUSES = ("running", "ok", "interrupted", "error", "aborted")  # a results directory's (aborted: the
+                                                                     # endpoint kept failing)
 READ_SIDES = ("pe", "de", "none")
 DIRECTIONS = ("rx", "tx")
 TRAFFIC = ("kv_read", "kv_transfer", "kv_write", "h2d", "other")

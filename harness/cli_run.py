@@ -5,6 +5,7 @@ SLO instead (harness/capacity.py)."""
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,11 +57,25 @@ def cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     backend = backend_module(scenario, args.scenario)
 
+    made: list[Path] = []
+
     def run_dir() -> Path:  # made once the inputs are known good: a bad trace leaves no empty directory
-        return Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"])
-    if args.capacity:
-        return run_capacity(args, scenario, backend, run_dir)
-    return run_systems(args, scenario, backend, run_dir)
+        made.append(Path(args.output) if args.output else new_run_dir(Path("results"), scenario["name"]))
+        return made[-1]
+    terminated = on_sigterm_interrupt()
+    try:
+        if args.capacity:
+            rc = run_capacity(args, scenario, backend, run_dir)
+            return 143 if rc == 130 and terminated else rc
+        return run_systems(args, scenario, backend, run_dir)
+    except KeyboardInterrupt:  # the results writer has written the summary (status interrupted) and kept every row
+        print(f"dualpath: {'terminated' if terminated else 'interrupted'}"
+              + (": kept every request measured" if made else ""), file=sys.stderr)
+        if made:
+            print(f"results: {made[-1]}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        terminated.restore()
 
 
 def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
@@ -77,6 +92,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     backend.check({**scenario, "_path": args.scenario}, trace)
     rounds = trace.num_rounds
     run_dir = make_run_dir()
+    failures: list[str] = []
     with ResultsWriter(run_dir, scenario) as writer:
         for system in scenario["systems"]:
             writer.begin_system(system)
@@ -88,20 +104,70 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             facts["wall_s"] = wall
             if scenario["backend"] == "sim":
                 facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
-            summary = writer.end_system(facts)
-            aborted = (facts.get("driver") or {}).get("aborted")
-            if aborted:
-                print(f"{system}: {aborted}; kept the {summary['counts']['requests']['total']} requests measured",
-                      file=sys.stderr)
+            driver = facts.get("driver") or {}
+            complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
+                                      and driver.get("requests_sent") == rounds)
+            summary = writer.end_system(facts, complete=complete)
             for warning in summary.get("warnings", []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
+            failure = run_failure(system, summary, rounds, scenario)
+            if failure:
+                failures.append(failure)
+            if driver.get("aborted"):
+                writer.close("aborted")  # the endpoint kept failing: the systems after it are not run
+                break
     summary = writer.summary()
     if args.json:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
-        print(f"results: {run_dir}", file=sys.stderr)
-    return 0
+    for line in failures:
+        print(line, file=sys.stderr)
+    print(f"results: {run_dir}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_failure(system: str, summary: dict, rounds: int, scenario: dict) -> str | None:
+    """One error line when a system aborted or completed less than abort.min_ok_share of its requests."""
+    from harness.driver import ABORT_DEFAULTS
+
+    min_ok = float((scenario.get("abort") or {}).get("min_ok_share", ABORT_DEFAULTS["min_ok_share"]))
+    driver = summary.get("driver") or {}
+    req = summary["counts"]["requests"]
+    ok, failed, unsent = req["ok"], req["total"] - req["ok"], rounds - req["total"]
+    if not driver.get("aborted") and (rounds == 0 or ok >= min_ok * rounds):
+        return None
+    counts = f"{ok} of {rounds} requests completed, {failed} failed" + (f", {unsent} not sent" if unsent > 0 else "")
+    why = driver.get("aborted") or (f"fewer than abort.min_ok_share ({min_ok:g}) of its requests completed; "
+                                    f"commonest error: {driver.get('commonest_error')}")
+    return f"error: {system}: {why}; {counts}"
+
+
+class on_sigterm_interrupt:  # noqa: N801 (used like a function)
+    """SIGTERM does what Ctrl-C does (the run stops, the summary is written, every row is kept); the
+    instance is true once SIGTERM came, so the command exits 143 instead of 130."""
+
+    def __init__(self):
+        self.came = False
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            self.previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.came = True
+        handler = signal.getsignal(signal.SIGINT)  # asyncio's while a loop runs, else KeyboardInterrupt
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __bool__(self) -> bool:
+        return self.came
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def located(make, scenario: dict, path: str):

@@ -11,12 +11,19 @@ The driver measures itself: `pacer_lag_s` (ready to send - scheduled: the harnes
 includes building the request when a round is due the moment the previous one ends; column
 `t_dispatched`) and `dispatch_lag_s` (send - scheduled, adding any wait for the concurrency cap).
 Garbage collection is frozen after set-up so a full collection cannot stall the schedule. Rows reach
-the results writer in small batches as the run goes; an endpoint that stops answering ends the run by
-itself.
+the results writer in small batches as the run goes.
+
+Every failed request counts toward the abort rules (connection errors, timeouts, stalls, HTTP 4xx/5xx,
+malformed or cut streams): the run aborts when `max_consecutive_failures` requests in a row fail, or
+when more than `max_failure_share` of the last `window_requests` did; requests in flight are then
+cancelled (not recorded) and agents waiting for later rounds are released at once, so a dead, refusing
+or hanging endpoint ends the run by itself, keeping every row measured.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import gc
 import heapq
 import math
@@ -27,8 +34,8 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
-from harness.http_client import READ_BUFSIZE, Completion, complete, request_body
-from harness.prompts import AgentContext, hash_prompt
+from harness.http_client import PATHS, READ_BUFSIZE, Completion, complete, request_body
+from harness.prompts import AgentContext, TextContext, Words, hash_prompt, hash_text, load_tokenizer
 from traces.schema import Trace
 
 PREPARE_S = 0.05           # a request is built up to this long before its send time, in a quiet moment ...
@@ -38,22 +45,49 @@ SPIN_S = 0.0015            # the last stretch before a deadline is waited by yie
 NAP_FRACTION = 0.85        # timed waits here overshoot by up to ~6 % of their length (and more in VMs) ...
 TIMER_ROUNDING_S = 0.001   # ... plus epoll's rounding up to whole ms: nap short, then nap again
 FLUSH_ROWS, FLUSH_S = 256, 1.0
-ABORT_AFTER_ERRORS = 20    # consecutive connection failures with no success in between: the endpoint is gone
-REFUSED_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not found"}  # every request will fail the same way
+ABORT_DEFAULTS = {"max_consecutive_failures": 20, "window_requests": 100, "max_failure_share": 0.5,
+                  "min_ok_share": 0.5}  # scenario `abort.*`; min_ok_share decides the exit code (cli_run)
+STALL_TIMEOUT_S = 60.0     # endpoint.stall_timeout_s: a stream with no byte for this long is a timeout
 REQUEST_ID_HEADER = "X-Request-Id"  # "<agent_id>/<round>": lets a server's own log be joined to our rows
 
 
 @dataclass
 class DriverConfig:
-    url: str                      # the server root; requests go to {url}/v1/completions
+    url: str                      # the server root; requests go to {url}/v1/completions or .../chat/completions
     model: str | None = None
     api_key: str | None = None
     timeout_s: float = 600.0
     ignore_eos: bool = True
-    token_ids: bool = True        # ask for the generated token ids (vLLM, SGLang)
+    token_ids: bool = True        # ask for the generated token ids (vLLM, SGLang; token-id prompts only)
     max_concurrency: int | None = None
     seed: int = 1
-    abort_after_errors: int = ABORT_AFTER_ERRORS
+    api: str = "completions"      # completions | chat
+    prompt: str = "token_ids"     # token_ids | text
+    tokenizer: str | None = None  # a tokenizer.json sizing text prompts exactly
+    headers: dict | None = None
+    extra_body: dict | None = None
+    stall_timeout_s: float | None = STALL_TIMEOUT_S
+    max_consecutive_failures: int = ABORT_DEFAULTS["max_consecutive_failures"]
+    window_requests: int = ABORT_DEFAULTS["window_requests"]
+    max_failure_share: float = ABORT_DEFAULTS["max_failure_share"]
+
+
+@functools.lru_cache(maxsize=4)
+def words_for(tokenizer: str | None) -> Words:
+    """The stand-in words of text prompts (one per tokenizer: loading one and filtering the list costs)."""
+    return Words(load_tokenizer(tokenizer) if tokenizer else None)
+
+
+def endpoint_url(url: str, api: str) -> str:
+    """{url}/v1/completions or {url}/v1/chat/completions; a url given as OpenAI clients take it
+    (ending in /v1) works too."""
+    root = url.rstrip("/")
+    return (root[:-3] if root.endswith("/v1") else root) + PATHS[api]
+
+
+def error_kind(error: str | None) -> str:
+    """What a failure was, without its details: `HTTP 400`, `ClientConnectorError`, `malformed stream`."""
+    return (error or "unknown").split(":")[0][:80]
 
 
 class Pacer:
@@ -166,7 +200,12 @@ class Driver:
         self.rows: list[tuple] = []
         self.agent_rows: dict[int, tuple] = {}
         self.consecutive_failures = 0
+        self.recent = collections.deque(maxlen=cfg.window_requests)  # 1 per failed request, 0 per ok
+        self.recent_failed = 0
+        self.errors: dict[str, list] = {}  # kind -> [count, first full message]
         self.aborted: str | None = None
+        self.text = cfg.prompt == "text"
+        self.words = words_for(cfg.tokenizer) if self.text else None
         self.sent = 0
         self.failed = 0
         self.stop_at_s: float | None = None  # rounds scheduled later are not sent (capacity probes)
@@ -175,11 +214,11 @@ class Driver:
     # ----- the run --------------------------------------------------------------------------------
     async def run(self) -> dict:
         cfg = self.cfg
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(cfg.headers or {})}
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.headers = headers
-        self.endpoint = cfg.url.rstrip("/") + "/v1/completions"
+        self.endpoint = endpoint_url(cfg.url, cfg.api)
         limit = cfg.max_concurrency or 0
         self.gate = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
@@ -196,7 +235,9 @@ class Driver:
             agents = [asyncio.create_task(self._agent(a)) for a in range(len(self.agent_ids))]
             self.agent_tasks = agents
             try:
-                await asyncio.gather(*agents, return_exceptions=False)
+                for outcome in await asyncio.gather(*agents, return_exceptions=True):
+                    if isinstance(outcome, Exception):  # a bug, not a failed request: those never raise
+                        raise outcome
             except asyncio.CancelledError:
                 for t in agents:
                     t.cancel()
@@ -207,13 +248,25 @@ class Driver:
                 self._flush()
                 self._write_agents()
         wall = (time.perf_counter_ns() - self.t0_ns) * 1e-9
+        kinds = sorted(self.errors.items(), key=lambda kv: -kv[1][0])
         return {"driver": {"requests_sent": self.sent, "requests_failed": self.failed, "wall_s": wall,
-                           "aborted": self.aborted, "agents_started": len(self.agent_rows)}}
+                           "aborted": self.aborted, "agents_started": len(self.agent_rows),
+                           "errors": {k: n for k, (n, _) in kinds[:5]},
+                           "commonest_error": self.commonest_error()}}
+
+    def commonest_error(self) -> str | None:
+        """The commonest kind of failure, as its first full message, with its count."""
+        if not self.errors:
+            return None
+        kind, (n, example) = max(self.errors.items(), key=lambda kv: kv[1][0])
+        return f"{example} ({n} request(s))"
 
     async def _agent(self, a: int) -> None:
         cfg = self.cfg
         lo, hi = self.offsets[a], self.offsets[a + 1]
-        ctx = None if self.by_hash else AgentContext(cfg.seed, a)
+        chat = cfg.api == "chat"
+        ctx = (None if self.by_hash else TextContext(cfg.seed, a, self.words, chat) if self.text
+               else AgentContext(cfg.seed, a))
         t_sched = float(self.start_s[a])
         t_first_sched = t_sched
         done_rounds = 0
@@ -226,32 +279,42 @@ class Driver:
                 if i == lo:
                     t_first_sched = t_sched
                 if self.aborted or (self.stop_at_s is not None and t_sched > self.stop_at_s):
-                    status = "cancelled"
+                    status = "cancelled" if status == "ok" else status  # a failed agent stays error
                     break
                 r = i - lo
 
                 def build(i=i, r=r):
-                    prompt = ctx.prompt(r, self.append[i]) if ctx else hash_prompt(
-                        cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
+                    if ctx is not None:
+                        prompt = ctx.prompt(r, self.append[i])
+                    elif self.text:
+                        prompt = hash_text(cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size,
+                                           self.words, chat)
+                    else:
+                        prompt = hash_prompt(cfg.seed, self.hash_ids[i] or [], self.prompt[i], self.trace.block_size)
                     return (request_body(cfg.model, prompt, self.gen[i], ignore_eos=cfg.ignore_eos,
-                                         token_ids=cfg.token_ids),
+                                         token_ids=cfg.token_ids and not self.text, extra=cfg.extra_body,
+                                         api=cfg.api),
                             {**self.headers, REQUEST_ID_HEADER: f"{self.agent_ids[a]}/{r}"})
                 if t_sched - QUIET_S > self.pacer.now():
                     _, request = await self.pacer.send_at(t_sched, build)  # built ahead, in a quiet moment
                     if request is None:  # the run is ending
-                        status = "cancelled"
+                        status = "cancelled" if status == "ok" else status
                         break
                 else:  # due now (the previous round just ended): building it is the harness's own lag
                     request = build()
                 t_wake = self.pacer.now()  # ready to send: the harness's own lag ends here
+                send = (self.session, self.endpoint, *request, cfg.timeout_s, cfg.stall_timeout_s, self.text)
                 if self.gate is not None:
                     async with self.gate:
-                        c = await complete(self.session, self.endpoint, *request, cfg.timeout_s)
+                        c = await complete(*send)
                 else:
-                    c = await complete(self.session, self.endpoint, *request, cfg.timeout_s)
+                    c = await complete(*send)
                 self.sent += 1
-                if ctx is not None:
-                    ctx.generated(r, self.gen[i], c.token_ids if c.status == "ok" else None)
+                ok = c.status == "ok"
+                if self.text and ctx is not None:
+                    ctx.generated(r, self.gen[i], "".join(c.text) if ok and c.text else None, c.output_tokens)
+                elif ctx is not None:
+                    ctx.generated(r, self.gen[i], c.token_ids if ok else None)
                 self._record(a, i, r, t_sched, t_wake, c)
                 done_rounds += 1
                 last_done = self._s(c.t_done_ns)
@@ -260,7 +323,7 @@ class Driver:
                 if i + 1 < hi:
                     t_sched = last_done + self.tool[i + 1]
         except asyncio.CancelledError:
-            status = "cancelled"
+            status = "cancelled" if status == "ok" else status
             raise
         finally:
             self.agent_rows[a] = (t_first_sched, last_done, done_rounds, status)
@@ -272,29 +335,59 @@ class Driver:
     def _record(self, a: int, i: int, r: int, t_sched: float, t_wake: float, c: Completion) -> None:
         if c.error and self.cfg.api_key:  # a server may echo the Authorization header in its error body
             c.error = c.error.replace(self.cfg.api_key, "<api key>")
-        if c.status == "ok":
-            self.consecutive_failures = 0
-        else:
-            self.failed += 1
-            if c.status == "error" and (c.http_status is None or c.http_status in REFUSED_HTTP):
-                self.consecutive_failures += 1
-                if self.consecutive_failures >= self.cfg.abort_after_errors and not self.aborted:
-                    what = ("endpoint unreachable: {} consecutive connection failures" if c.http_status is None else
-                            f"endpoint refuses the requests: {{}} consecutive HTTP {c.http_status} "
-                            f"({REFUSED_HTTP[c.http_status]}) answers")
-                    self.aborted = f"{what.format(self.consecutive_failures)} (last: {c.error})"
-                    self.pacer.release_all()  # agents waiting for later rounds see the abort now
+        self._judge(c)
         t_first = self._s(c.t_first_ns)
         gaps = np.diff(np.array(c.chunk_ns, dtype=np.int64)) * 1e-9 if len(c.chunk_ns) > 1 else np.zeros(0)
         self.rows.append((
             self.agent_ids[a], r, t_sched, t_wake, self._s(c.t_sent_ns), t_first, self._s(c.t_second_ns),
             self._s(c.t_done_ns), self.prompt[i], self.expected[i], c.cached_tokens,
             c.output_tokens if c.output_tokens is not None else 0, c.status, c.error, gaps.tolist(),
-            c.prompt_tokens, c.tokens_from, c.http_status))
+            c.prompt_tokens, c.tokens_from, c.http_status, self.gen[i]))
         if self.progress is not None:
             self.progress(1)
         if len(self.rows) >= FLUSH_ROWS:
             self._flush()
+
+    def _judge(self, c: Completion) -> None:
+        """Count the request toward the abort rules; abort the run when one is broken."""
+        cfg = self.cfg
+        failed = c.status != "ok"
+        if len(self.recent) == self.recent.maxlen:
+            self.recent_failed -= self.recent[0]
+        self.recent.append(int(failed))
+        self.recent_failed += int(failed)
+        if not failed:
+            self.consecutive_failures = 0
+            return
+        self.failed += 1
+        self.consecutive_failures += 1
+        kind = self.errors.setdefault(error_kind(c.error), [0, c.error])
+        kind[0] += 1
+        if self.aborted:
+            return
+        why = None
+        if self.consecutive_failures >= cfg.max_consecutive_failures:
+            why = f"{self.consecutive_failures} requests in a row failed (abort.max_consecutive_failures)"
+        elif (len(self.recent) == cfg.window_requests
+              and self.recent_failed > cfg.max_failure_share * cfg.window_requests):
+            why = (f"{self.recent_failed} of the last {cfg.window_requests} requests failed "
+                   f"(abort.max_failure_share {cfg.max_failure_share:g})")
+        if why:
+            self.aborted = f"aborted: {why}; commonest error: {self.commonest_error()}" + self._hint()
+            self.pacer.release_all()  # agents waiting for later rounds see the abort now
+            me = asyncio.current_task()
+            for task in getattr(self, "agent_tasks", ()):
+                if task is not me:  # requests in flight would wait for their own timeouts: end them now
+                    task.cancel()
+
+    def _hint(self) -> str:
+        """What to check when every request fails the same way a wrong setting would make it fail."""
+        kind = max(self.errors.items(), key=lambda kv: kv[1][0])[0]
+        if kind == "HTTP 404":
+            return f" (POST {self.endpoint} was not found: check endpoint.url and endpoint.api)"
+        if kind in ("HTTP 400", "HTTP 422"):
+            return " (the server refused the request's form: check endpoint.api, endpoint.prompt and extra_body)"
+        return ""
 
     async def _flush_every(self) -> None:
         while True:
@@ -317,6 +410,7 @@ class Driver:
             "read_bytes": [0] * n, "queue_s": nan, "alloc_s": nan, "read_s": nan, "prefill_s": nan,
             "kv_transfer_s": nan, "status": list(cols[12]), "error": list(cols[13]), "itl_s": list(cols[14]),
             "server_prompt_tokens": list(cols[15]), "tokens_from": list(cols[16]), "http_status": list(cols[17]),
+            "max_tokens": list(cols[18]),
         })
 
     def _write_agents(self) -> None:

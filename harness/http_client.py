@@ -1,24 +1,29 @@
 """One streamed completion against an OpenAI-compatible server, timed on one monotonic clock.
 
-POST {url}/v1/completions with the prompt as token ids, `stream: true`, usage requested
-(`stream_options.include_usage`), `max_tokens` exact, `ignore_eos` (where the server allows it), and
+POST {url}/v1/completions with the prompt as token ids or text, or {url}/v1/chat/completions with
+messages; `stream: true`, usage requested (`stream_options.include_usage`), `max_tokens` exact (chat:
+`max_completion_tokens` too), `ignore_eos` (where the server allows it), and for token-id prompts
 `return_token_ids` (vLLM; SGLang answers `response_token_ids`) so the agent's next prompt can carry the
-real generated tokens. Times are `time.perf_counter_ns()` readings; a chunk counts as a token event when
-it carries text or token ids. Tokens come from the server's `usage` when it sends it, never one per
-chunk by assumption (`tokens_from` says where the count came from).
+real generated tokens; `extra_body` is merged into every body. Times are `time.perf_counter_ns()`
+readings; a chunk counts as a token event when it carries text (chat: `delta.content` or reasoning) or
+token ids. Tokens come from the server's `usage` when it sends it, never one per chunk by assumption
+(`tokens_from` says where the count came from).
 
-Failures never raise: HTTP errors, connection errors, timeouts and malformed SSE come back as a
-result with `status` (`error` | `timeout`) and a one-line `error`.
+Failures never raise: HTTP errors, connection errors, timeouts (the whole request past `timeout_s`, or
+no byte for `stall_s`) and malformed SSE come back as a result with `status` (`error` | `timeout`) and
+a one-line `error`.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 READ_BUFSIZE = 1 << 22  # 4 MiB: long SSE lines (token ids) and long prompts; aiohttp's 64 KiB stalls (vllm#39963)
 ERROR_BODY_LIMIT = 300
 
@@ -36,16 +41,19 @@ class Completion:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     tokens_from: str = "usage"   # usage | token_ids | chunks
+    text: list[str] | None = None  # the generated text, when asked to keep it
     status: str = "ok"
     error: str | None = None
     http_status: int | None = None
 
 
 def request_body(model: str | None, prompt_json: str, max_tokens: int, *, ignore_eos: bool, token_ids: bool,
-                 extra: dict | None = None) -> bytes:
-    """The JSON body, with the (possibly huge) prompt spliced in as pre-encoded text."""
+                 extra: dict | None = None, api: str = "completions") -> bytes:
+    """The JSON body, with the (possibly huge) prompt, or chat messages, spliced in as pre-encoded text."""
     body = {"max_tokens": int(max_tokens), "stream": True, "stream_options": {"include_usage": True},
             "temperature": 0.0}
+    if api == "chat":
+        body["max_completion_tokens"] = int(max_tokens)
     if model:
         body["model"] = model
     if ignore_eos:
@@ -55,21 +63,27 @@ def request_body(model: str | None, prompt_json: str, max_tokens: int, *, ignore
     if extra:
         body.update(extra)
     head = json.dumps(body, separators=(",", ":"))
-    return ('{"prompt":' + prompt_json + "," + head[1:]).encode()
+    key = "messages" if api == "chat" else "prompt"
+    return ('{"' + key + '":' + prompt_json + "," + head[1:]).encode()
 
 
 async def complete(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict, timeout_s: float,
-                   ) -> Completion:
-    """Send one request and read its stream to the end (or to the timeout)."""
-    c = Completion(t_sent_ns=time.perf_counter_ns())
+                   stall_s: float | None = None, keep_text: bool = False) -> Completion:
+    """Send one request and read its stream to the end (or to a timeout: `timeout_s` for the whole
+    request, `stall_s` without a byte from the server, the wait for the response's head included)."""
+    stall = _stall_timeout(stall_s) if stall_s else None
+    c = Completion(t_sent_ns=time.perf_counter_ns(), text=[] if keep_text else None)
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, data=body, headers=headers) as resp:
+            async with session.post(url, data=body, headers=headers, timeout=stall) as resp:
                 c.http_status = resp.status
                 if resp.status != 200:
                     text = (await resp.content.read(ERROR_BODY_LIMIT)).decode("utf-8", "replace")
                     return _fail(c, "error", f"HTTP {resp.status}: {' '.join(text.split())[:200]}")
                 await _read_stream(resp, c)
+    except aiohttp.ServerTimeoutError as exc:  # before TimeoutError: it is one
+        what = "could not connect within" if "connect" in str(exc).lower() else "no byte from the server for"
+        return _fail(c, "timeout", f"{what} {stall_s:g} s (endpoint.stall_timeout_s)")
     except TimeoutError:
         return _fail(c, "timeout", f"no complete response within {timeout_s:g} s")
     except aiohttp.ClientError as exc:
@@ -81,6 +95,12 @@ async def complete(session: aiohttp.ClientSession, url: str, body: bytes, header
     if c.status == "ok":
         _finish_counts(c)
     return c
+
+
+@functools.lru_cache(maxsize=8)
+def _stall_timeout(stall_s: float) -> aiohttp.ClientTimeout:
+    """No byte for stall_s (connecting, or waiting for the head or the next chunk) is a timeout."""
+    return aiohttp.ClientTimeout(total=None, sock_read=stall_s, sock_connect=stall_s)
 
 
 def _fail(c: Completion, status: str, error: str) -> Completion:
@@ -156,8 +176,15 @@ def _take_chunk(obj: dict, now: int, c: Completion) -> None:
             continue
         ids = choice.get("token_ids") or choice.get("response_token_ids")
         text = choice.get("text")
+        kept = text
+        delta = choice.get("delta")
+        if text is None and isinstance(delta, dict):  # chat: reasoning counts as output, the content is kept
+            kept = delta.get("content")
+            text = kept or delta.get("reasoning_content") or delta.get("reasoning")
         if ids is None and not text:
             continue
+        if c.text is not None and isinstance(kept, str):
+            c.text.append(kept)
         n = len(ids) if isinstance(ids, list) else 1
         if isinstance(ids, list):
             c.token_ids.extend(int(x) for x in ids if isinstance(x, int))

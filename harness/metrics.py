@@ -31,6 +31,7 @@ SLO_METRICS = ("ttft_s", "tpot_s", "e2e_s")
 EARLY_FRACTION = 0.05  # attention_balance_early: the first 5 % of the run
 DISPATCH_LAG_WARN_S = 0.005  # p99 of the harness's own lag above this: the load generator fell behind
 ARRIVAL_RATE_WARN = 0.01  # agents started this far (relative) off their schedule's rate
+PROMPT_TOKENS_WARN = 0.05  # the server's prompt token count this far (median ratio) from the trace's
 
 
 # ----- HdrHistogram helpers ------------------------------------------------------------------------
@@ -340,6 +341,10 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
 
     prompt = _float(ok, "prompt_tokens")
     cached = _float(ok, "cached_tokens")
+    asked, got = _float(ok, "max_tokens"), _float(ok, "output_tokens")
+    short = (asked > got) & np.isfinite(asked)
+    server_prompt = _float(ok, "server_prompt_tokens")
+    counted = np.isfinite(server_prompt) & (prompt > 0)
     known = ~np.isnan(cached)
     mean_ttft = _mean_or_none(latencies["ttft_s"])
     breakdown_mean = {c: _mean_or_none(_float(ok, c)) for c in BREAKDOWN_COLUMNS}
@@ -359,7 +364,13 @@ def summarize_system(requests: pd.DataFrame | None, agents: pd.DataFrame | None,
                    "agents": 0 if agents is None else int(len(agents)),
                    "agents_done": 0 if agents_ok is None else int(len(agents_ok)),
                    "rounds": int(np.nansum(_float(agents, "rounds"))) if agents is not None and len(agents)
-                   else int(len(requests))},
+                   else int(len(requests)),
+                   "short_output": int(short.sum())},  # ok requests that generated fewer tokens than asked
+        "short_output_median": ({"output_tokens": float(np.median(got[short])),
+                                 "max_tokens": float(np.median(asked[short]))} if short.any() else None),
+        # the server's usage.prompt_tokens over the trace's prompt_tokens, median (a tokenizer or template check)
+        "server_prompt_tokens_ratio": (float(np.median(server_prompt[counted] / prompt[counted]))
+                                       if counted.any() else None),
         "makespan_jct_s": makespan,
         "duration_s": duration,
         "throughput": {
@@ -407,6 +418,16 @@ def _warnings(summary: dict) -> list[str]:
         a = summary["arrival"]
         out.append(f"agents started at {a['achieved_rate_aps']:.4g}/s against {a['scheduled_rate_aps']:.4g}/s "
                    f"scheduled ({100 * (ratio - 1):+.1f} %): the load generator or max_concurrency held them back")
+    short = summary["counts"].get("short_output")
+    if short:
+        m = summary["short_output_median"]
+        out.append(f"{short} request(s) ended before max_tokens (median {m['output_tokens']:.0f} of "
+                   f"{m['max_tokens']:.0f} tokens): the server stopped early (EOS not ignored, or a cap on output "
+                   "length), so TPOT and the next rounds' prompts are not the trace's")
+    ratio = summary.get("server_prompt_tokens_ratio")
+    if ratio is not None and abs(ratio - 1) > PROMPT_TOKENS_WARN:
+        out.append(f"the server counted {ratio:.3f}x the trace's prompt tokens (median): prompts are not the "
+                   "trace's lengths (another tokenizer, a chat template: set endpoint.tokenizer)")
     failed = summary["counts"]["requests"]["total"] - summary["counts"]["requests"]["ok"]
     if failed:
         out.append(f"{failed} request(s) did not complete (not in latency statistics)")
@@ -429,17 +450,25 @@ TABLE_COLUMNS = ("system", "requests", "JCT s", "TTFT p50 s", "TTFT p99 s", "TPO
 def format_table(summaries: Mapping[str, dict]) -> str:
     """One row per system: a compact, aligned text table for stdout."""
     rows = [TABLE_COLUMNS]
+    incomplete = []
     for system, s in summaries.items():
         req = s["counts"]["requests"]
         lat = s["latency"]
         hit = s.get("hit_rate_achieved")
-        rows.append((system, f"{req['ok']}/{req['total']}", _fmt(s.get("makespan_jct_s"), 4),
+        mark = "*" if s.get("complete") is False else ""  # never a bare JCT for a run with failed rounds
+        if mark:
+            incomplete.append(system)
+        jct = None if mark and not s["counts"].get("agents_done") else s.get("makespan_jct_s")  # no agent finished
+        rows.append((system, f"{req['ok']}/{req['total']}", _fmt(jct, 4) + mark,
                      _fmt(lat["ttft_s"]["p50"]), _fmt(lat["ttft_s"]["p99"]), _fmt(lat["tpot_s"]["p50"]),
                      _fmt(s.get("snic_balance")), _fmt(s.get("attention_balance")),
                      "-" if hit is None else f"{hit:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
+    if incomplete:
+        lines.append(f"* incomplete ({', '.join(incomplete)}): rounds failed or were not sent; JCT and "
+                     "throughput count only what completed")
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -18,7 +18,9 @@ Rules beyond the per-key types:
   rates are checked against harness/capacity.py's defaults for the ones not given;
 - defaults filled: backend sim, systems [basic, dualpath] ([external] for http), arrival offline,
   trace.format auto, telemetry.window_s 1.0, seed 1, synth and arrival seeds = seed, gamma shape 1.0,
-  trace time_scale 1.0, endpoint.ignore_eos true. Other optional keys stay absent when not given.
+  trace time_scale 1.0, endpoint.ignore_eos true, endpoint.api completions, endpoint.prompt token_ids
+  (text for chat), endpoint.stall_timeout_s 60 (`abort.*` defaults live in harness/driver.py). Other
+  optional keys stay absent when not given.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME_DOC = "letters, digits, '.', '_', '-'"
 URL_PATTERN = r"https?://\S+"
 URL_DOC = "an http:// or https:// URL"
+ENDPOINT_APIS = ("completions", "chat")  # POST {url}/v1/completions | {url}/v1/chat/completions
+PROMPT_FORMS = ("token_ids", "text")
 
 
 # ----- value kinds (the schema's vocabulary) -------------------------------------------------------
@@ -216,9 +220,14 @@ SCHEMA = Mapping({
     "endpoint": Mapping({"url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC), "model": Str(),
                          "api_key_env": Str(), "reset_url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC),
                          "timeout_s": Number(gt=0), "ignore_eos": Bool(), "token_ids": Bool(),
-                         "prometheus": ListOf(Str(pattern=URL_PATTERN, pattern_doc=URL_DOC))},
+                         "prometheus": ListOf(Str(pattern=URL_PATTERN, pattern_doc=URL_DOC)),
+                         "api": Str(choices=ENDPOINT_APIS), "prompt": Str(choices=PROMPT_FORMS),
+                         "tokenizer": Str(), "headers": ScalarMapping(), "extra_body": FreeMapping(),
+                         "stall_timeout_s": Number(gt=0)},
                         required=("url",)),
     "max_concurrency": Int(1),
+    "abort": Mapping({"max_consecutive_failures": Int(1), "window_requests": Int(1),
+                      "max_failure_share": Number(gt=0), "min_ok_share": Number(ge=0)}),
     "capacity": Mapping({"rate_aps_start": Number(gt=0), "rate_aps_max": Number(gt=0),
                          "tolerance": Number(gt=0), "warmup_s": Number(ge=0), "window_s": Number(gt=0),
                          "max_probes": Int(1), "horizon_s": Number(gt=0), "lookback_s": Number(gt=0),
@@ -549,13 +558,36 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
         ctx.fail("slo.percentile", "needs at least one target (ttft_s, tpot_s, e2e_s)")
     s.setdefault("telemetry", {}).setdefault("window_s", 1.0)
 
-    for k in ("endpoint", "max_concurrency"):
+    for k in ("endpoint", "max_concurrency", "abort"):
         if k in s and backend != "http":
             ctx.fail(k, f"only for backend http (backend is {backend})")
     if backend == "http":
         if "endpoint" not in s:
             ctx.fail("endpoint", "required for backend http (url, model, ...)")
-        s["endpoint"].setdefault("ignore_eos", True)
+        ep = s["endpoint"]
+        ep.setdefault("ignore_eos", True)
+        ep.setdefault("api", "completions")
+        ep.setdefault("prompt", "text" if ep["api"] == "chat" else "token_ids")  # chat messages are text
+        ep.setdefault("stall_timeout_s", 60.0)
+        if ep["api"] == "chat" and ep["prompt"] == "token_ids":
+            ctx.fail("endpoint.prompt", "chat messages are text: use prompt: text with api: chat "
+                     "(token_ids needs api: completions)")
+        if "tokenizer" in ep:
+            if ep["prompt"] != "text":
+                ctx.fail("endpoint.tokenizer", "only with endpoint.prompt: text (it sizes text prompts)")
+            base = _base(ctx, "endpoint.tokenizer", base_dir)
+            ep["tokenizer"] = _absolute_if_path(ep["tokenizer"], base, always=True)
+            if not Path(ep["tokenizer"]).is_file():
+                ctx.fail("endpoint.tokenizer", f"no such file {ep['tokenizer']!r} (a tokenizer.json)")
+        for k, v in (ep.get("headers") or {}).items():
+            ep["headers"][k] = str(v)
+        for k in ("prompt", "messages", "stream"):
+            if k in (ep.get("extra_body") or {}):
+                ctx.fail(f"endpoint.extra_body.{k}", "set by the driver for every request (it streams the trace's "
+                         "prompts); extra_body adds what a server needs beyond that")
+        for k in ("max_failure_share", "min_ok_share"):
+            if s.get("abort", {}).get(k, 0) > 1:
+                ctx.fail(f"abort.{k}", f"must be a share from 0 to 1, got {s['abort'][k]:g}")
 
     if "sim" in s:
         _check_sim(s["sim"], ctx)

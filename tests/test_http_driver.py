@@ -531,29 +531,31 @@ def test_nothing_listening_ends_the_run_after_the_abort_threshold(cli, tmp_path)
     scen = write_scenario(tmp_path, f"http://127.0.0.1:{free_port()}", agents=4, seed=1,
                           synth={"turns_mean": 8, "append_mean": 50, "gen_mean": 10})
     assert scenario_trace_of(scen).num_rounds >= 30
-    res, summary, results = run_cli(cli, scen, tmp_path / "out")
-    notes = [line for line in res.err_lines if "endpoint unreachable" in line]
-    assert len(notes) == 1 and "20 consecutive connection failures" in notes[0], res.err
+    res, summary, results = run_cli(cli, scen, tmp_path / "out", rc=1)
+    notes = [line for line in res.err_lines if line.startswith("error:")]
+    assert len(notes) == 1 and "20 requests in a row failed" in notes[0] and "ClientConnectorError" in notes[0], res.err
+    assert res.err_lines[-1] == f"results: {tmp_path / 'out'}"
     s = summary["systems"][SYSTEM]
     req = requests_of(results)
     total = s["counts"]["requests"]["total"]
-    assert len(req) == total and 20 <= total <= 20 + 4 and s["counts"]["requests"]["error"] == total
+    assert len(req) == total == 20 and s["counts"]["requests"]["error"] == total, "in-flight requests were cancelled"
     assert s["driver"]["aborted"] and s["driver"]["requests_failed"] == total
     assert req["http_status"].isna().all() and req["error"].notna().all()
     assert s["latency"]["ttft_s"]["count"] == 0
     assert set(results["agents"]["status"]) <= {"error", "cancelled"}
-    assert summary["status"] == "ok"
+    assert summary["status"] == "aborted" and s["complete"] is False
 
 
 def test_an_endpoint_that_refuses_every_request_ends_the_run_and_the_key_is_never_recorded():
-    """HTTP 401 on every request (a wrong key) fails the same way forever: the run ends after the abort
-    threshold, like a dead endpoint; the key the server echoes back never reaches the records."""
+    """HTTP 401 on every request (a wrong key) fails the same way forever: the run ends after
+    max_consecutive_failures, like a dead endpoint; the key the server echoes back never reaches the records."""
     key = "sk-test-" + uuid.uuid4().hex
     trace = small_trace(8, seed=2)
     with ScriptedServer(Reply(status=401, echo_auth=True)) as srv:
-        run = drive(srv.url, trace, start_s=np.arange(8) * 0.01, api_key=key, abort_after_errors=5)
+        run = drive(srv.url, trace, start_s=np.arange(8) * 0.01, api_key=key, max_consecutive_failures=5)
     req = run.requests
-    assert run.facts["driver"]["aborted"].startswith("endpoint refuses the requests: 5 consecutive HTTP 401")
+    assert run.facts["driver"]["aborted"].startswith("aborted: 5 requests in a row failed")
+    assert "commonest error: HTTP 401" in run.facts["driver"]["aborted"]
     assert key not in run.facts["driver"]["aborted"]
     assert 5 <= len(req) < trace.num_rounds and (req["http_status"] == 401).all()
     assert all(key not in e and "Bearer <api key>" in e for e in req["error"])
@@ -575,7 +577,7 @@ def test_the_server_dying_halfway_ends_the_run_and_keeps_what_was_measured(cli, 
                               synth={"turns_mean": 40, "append_mean": 30, "gen_mean": 8, "max_context": 8000,
                                      "first_append_mean": 100})
         assert scenario_trace_of(scen).num_rounds >= 8 + 20 + 5
-        res, summary, results = run_cli(cli, scen, tmp_path / "out")
+        res, summary, results = run_cli(cli, scen, tmp_path / "out", rc=1)
         served = [c for c in srv.completions if c.outcome == "ok"]
         assert srv.t_died_ns is not None
     assert len(served) == 7
@@ -585,7 +587,8 @@ def test_the_server_dying_halfway_ends_the_run_and_keeps_what_was_measured(cli, 
     assert list(ok["output_tokens"]) == [c.tokens_sent for c in served]
     failed = req[req["status"] != "ok"]
     assert len(failed) == 20 and (failed["status"] == "error").all() and failed["http_status"].isna().all()
-    assert [line for line in res.err_lines if "endpoint unreachable" in line]
+    assert [line for line in res.err_lines if line.startswith("error: external: aborted: 20 requests in a row")]
+    assert summary["status"] == "aborted"
     s = summary["systems"][SYSTEM]
     assert s["counts"]["requests"]["ok"] == 7 and s["latency"]["ttft_s"]["count"] == 7
     agents = results["agents"]
@@ -669,11 +672,11 @@ def test_reset_prometheus_and_api_key(cli, tmp_path, monkeypatch):
         completions, resets = list(srv.completions), list(srv.resets)
         node = f"127.0.0.1:{srv.port}"
     n = scenario_trace_of(scen).num_rounds
-    assert len(completions) == 2 * n and len(resets) == 2
+    assert len(completions) == 2 * n and len(resets) == 3, "a check before the run, then one reset per system"
     first = sorted(completions[:n], key=lambda c: c.t_arrival_ns)
     second = sorted(completions[n:], key=lambda c: c.t_arrival_ns)
-    assert resets[0]["t_ns"] < first[0].t_arrival_ns
-    assert max(c.t_end_ns for c in first) < resets[1]["t_ns"] < second[0].t_arrival_ns, "one reset before each system"
+    assert resets[0]["t_ns"] < resets[1]["t_ns"] < first[0].t_arrival_ns
+    assert max(c.t_end_ns for c in first) < resets[2]["t_ns"] < second[0].t_arrival_ns, "one reset before each system"
     for c in completions:
         assert c.headers.get("authorization") == f"Bearer {key}"
     assert all(r["headers"].get("authorization") == f"Bearer {key}" for r in resets)
