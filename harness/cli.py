@@ -41,6 +41,8 @@ def build_parser() -> Parser:
         cli_run = None
     if cli_run is not None:
         cli_run.register(sub)
+    from harness import cli_gate
+    cli_gate.register(sub)
     return parser
 
 
