@@ -4,7 +4,7 @@ Inputs (baseline and candidate alike): a results directory, a summary file (a `s
 name), or a directory of several runs (a sweep or a suite), compared point by point: the points are the
 rows of its `index.parquet` (columns `point` and `run_dir`, relative to the index) when it has one, else
 every directory under it holding a `summary.json`, named by their relative path. Everything is read
-through `harness.results` (`load_results`, `load_summary`); only the summaries are compared.
+through `harness.results.load_summary` (the summaries are all the gate compares: the tables are not read).
 
 Comparable means: the same results schema, scenario `name`, `systems` and `trace`. Differences in any
 other scenario key (`sim`, `hardware`, `model`, `cluster`, `arrival`, ...) and in code version are
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import bootstrap, metrics
-from harness.results import load_results, load_summary
+from harness.results import load_summary
 from traces.errors import InputError
 
 EXACT_RELATIVE = 1e-9
@@ -107,7 +107,7 @@ def load_points(path: str) -> dict[str, dict]:
     if not p.is_dir():
         raise InputError("no such results directory or summary file", path=path)
     if (p / "summary.json").exists():
-        return {"": _checked(load_results(p).get("summary"), p)}
+        return {"": _checked(load_summary(p / "summary.json"), p)}
     index = p / "index.parquet"
     if index.exists():
         import pandas as pd
@@ -121,7 +121,8 @@ def load_points(path: str) -> dict[str, dict]:
         dirs = {str(s.parent.relative_to(p)): s.parent for s in sorted(p.rglob("summary.json"))}
     if not dirs:
         raise InputError("not a results directory (no summary.json), summary file or directory of runs", path=path)
-    return {name: _checked(load_results(d).get("summary"), d) for name, d in dirs.items()}
+    return {name: _checked(load_summary(d / "summary.json") if (d / "summary.json").exists() else None, d)
+            for name, d in dirs.items()}
 
 
 def _checked(summary: dict | None, where: Path) -> dict:
