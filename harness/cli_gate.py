@@ -41,6 +41,8 @@ def cmd_gate(args) -> int:
     for out in (args.junit, args.markdown):
         if out and Path(out).is_dir():
             raise InputError("is a directory (give a file name)", path=out)
+        if out and not Path(out).resolve().parent.is_dir():
+            raise InputError("no such directory to write into", path=out)
     outcome = gate.gate(args.baseline, args.candidate, rules)
     for note in outcome.notes:
         print(f"differs: {note}")
@@ -118,7 +120,8 @@ def verdict_line(outcome) -> str:
     if failed:
         text += " (" + "; ".join(f"{(r.point + ': ') if r.point else ''}{r.system} {r.metric}" for r in failed) + ")"
     if improved and any(r.rule == "exact" for r in improved):
-        text += f"; simulator numbers moved: refresh the baseline if intended ({REFRESH})"
+        text += "; simulator numbers moved: if intended, refresh the baseline (results/baselines/smoke: " \
+                f"{REFRESH})"
     if weak:
         text += "; weak verdict: one repeat has no run-to-run noise in its interval (use dualpath run --repeats N)"
     return text

@@ -195,6 +195,9 @@ def test_missing_inputs_are_one_line(cli, tmp_path):
     (tmp_path / "bad.json").write_text("{")
     r = cli("gate", "--baseline", tmp_path / "bad.json", "--candidate", tmp_path / "bad.json")
     assert r.rc == 2 and len(r.err_lines) == 1 and "bad.json:1: not valid JSON" in r.err
+    smoke = REPO / "results" / "baselines" / "smoke"
+    r = cli("gate", "--baseline", smoke, "--candidate", smoke, "--junit", tmp_path / "no" / "such" / "gate.xml")
+    assert r.rc == 2 and len(r.err_lines) == 1 and "no such directory" in r.err and r.out == ""
 
 
 # ----- noisy results ---------------------------------------------------------------------------------
