@@ -34,6 +34,8 @@ COLUMNS: dict[str, dict[str, str]] = {
                 "read_queue_tokens": I64,
                 "group": I64},  # added: the engine group (engines of a group step together; null for http)
 }
+for _columns in COLUMNS.values():  # added: which of `dualpath run --repeats N`'s runs of the system (from 0)
+    _columns["repeat"] = I64
 TABLES = tuple(COLUMNS)
 REQUEST_COLUMNS = tuple(COLUMNS["requests"])
 AGENT_COLUMNS = tuple(COLUMNS["agents"])

@@ -45,6 +45,8 @@ def build_parser() -> Parser:
         cli_hw.register(sub)
     from harness import mock_server
     mock_server.register(sub)
+    from harness import cli_gate
+    cli_gate.register(sub)
     return parser
 
 

@@ -27,7 +27,21 @@ def register(sub) -> None:
     r.add_argument("--capacity", action="store_true",
                    help="search each system's largest Poisson agent arrival rate within the scenario's SLO")
     r.add_argument("--json", action="store_true", help="print summary.json on stdout (only that)")
+    r.add_argument("--repeats", type=positive_int, default=1, metavar="N",
+                   help="run each system N times into the same results directory (column `repeat`; the summary "
+                   "per repeat and pooled), for `dualpath gate`'s statistics on noisy backends (default 1)")
     r.set_defaults(func=cmd_run)
+
+
+def positive_int(text: str) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def backend_module(scenario: dict, path: str):
@@ -65,6 +79,8 @@ def cmd_run(args) -> int:
     terminated = on_sigterm_interrupt()
     try:
         if args.capacity:
+            if args.repeats > 1:
+                raise InputError("--repeats applies to runs, not to --capacity", field="--repeats")
             rc = run_capacity(args, scenario, backend, run_dir)
             return 143 if rc == 130 and terminated else rc
         return run_systems(args, scenario, backend, run_dir)
@@ -93,11 +109,13 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     rounds = trace.num_rounds
     run_dir = make_run_dir()
     failures: list[str] = []
+    repeats = getattr(args, "repeats", 1)
     with ResultsWriter(run_dir, scenario) as writer:
-        for system in scenario["systems"]:
-            writer.begin_system(system)
+        for repeat, system in ((r, s) for r in range(repeats) for s in scenario["systems"]):
+            writer.begin_system(system, repeat)
             t0 = time.perf_counter()
-            with progress(rounds, f"{system:<12}", unit="req") as advance:
+            label = system if repeats == 1 else f"{system} #{repeat + 1}"
+            with progress(rounds, f"{label:<12}", unit="req") as advance:
                 facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
                                            not_before, writer, advance)
             wall = time.perf_counter() - t0

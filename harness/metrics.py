@@ -117,6 +117,15 @@ def stats_from_hdr(hist: HdrHistogram, out_of_range: int = 0) -> dict:
     return stats
 
 
+def histogram_buckets(encoded: str | bytes | None) -> tuple[np.ndarray, np.ndarray]:
+    """(middle of each recorded bucket in seconds, its count) of an encoded histogram, in value order:
+    the requests of a summary, to resample without the raw rows (dualpath gate)."""
+    if not encoded:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    lowest, size, counts = _recorded_buckets(decode_hdr(encoded))
+    return (lowest + (size >> 1)).astype(np.float64) / 1e6, counts
+
+
 def latency_stats(values_s) -> dict:
     hist, out_of_range = hdr_from_values(values_s)
     return stats_from_hdr(hist, out_of_range)
@@ -432,6 +441,32 @@ def _warnings(summary: dict) -> list[str]:
     if failed:
         out.append(f"{failed} request(s) did not complete (not in latency statistics)")
     return out
+
+
+def pool_repeats(repeats: Sequence[dict]) -> dict:
+    """One system's summary over several runs of it (`dualpath run --repeats N`), the runs kept under
+    `repeats`: counts add up, latency histograms merge (every request of every run), and every other
+    number (makespan, throughput, hit rates, balances) is the mean over the runs."""
+    def pool(values: list):
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, dict) for v in present):
+            return {k: pool([v.get(k) for v in present]) for k in present[0]}
+        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            return float(np.mean(present))
+        return present[0] if present and all(v == present[0] for v in present) else None
+
+    out = {key: pool([r.get(key) for r in repeats]) for key in repeats[0] if key not in ("latency", "repeat")}
+    out["counts"] = pool_counts([r["counts"] for r in repeats])
+    out["latency"] = {m: combined_stats(repeats, m) for m in repeats[0]["latency"]}
+    out["complete"] = all(r.get("complete", True) for r in repeats)
+    out["warnings"] = list(dict.fromkeys(w for r in repeats for w in r.get("warnings", [])))
+    out["repeats"] = list(repeats)
+    return out
+
+
+def pool_counts(counts: Sequence[dict]) -> dict:
+    return {k: pool_counts([c[k] for c in counts]) if isinstance(counts[0][k], dict) else sum(c[k] for c in counts)
+            for k in counts[0]}
 
 
 # ----- the stdout table ------------------------------------------------------------------------------

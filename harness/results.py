@@ -52,6 +52,8 @@ OMITTABLE = {
                  "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status", "max_tokens"},
     "agents": set(), "links": set(), "engines": {"group"},
 }
+for _omittable in OMITTABLE.values():
+    _omittable.add("repeat")  # the writer fills it in
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
                          "http_status", "max_tokens"}, "agents": set(), "links": set(), "engines": {"group"}}
 ALLOWED_VALUES = {
@@ -62,6 +64,7 @@ ALLOWED_VALUES = {
 LINK_NAME = contract.LINK_NAME
 STREAM_SUFFIX = ".arrows"
 RUN_STATUSES = contract.RUN_STATUSES
+SCHEMA_VERSION = 1  # meta.schema: results of different versions are not compared (dualpath gate)
 
 
 # ----- batches -> Arrow tables with the contract's types ---------------------------------------------
@@ -252,11 +255,21 @@ def load_results(run_dir: str | os.PathLike) -> dict:
         out[name] = table.to_pandas()
     summary = directory / "summary.json"
     if summary.exists():
-        try:
-            out["summary"] = json.loads(summary.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"not valid JSON ({exc.msg})", path=str(summary), line=exc.lineno) from None
+        out["summary"] = load_summary(summary)
     return out
+
+
+def load_summary(path: str | os.PathLike) -> dict:
+    """A summary.json (or a copy of one under another name) on its own."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ({getattr(exc, 'strerror', None) or exc})", path=str(path)) from None
+    if not isinstance(obj, dict):
+        raise InputError("not a summary (a JSON object with `systems` or `capacity`)", path=str(path))
+    return obj
 
 
 def new_run_dir(root: str | os.PathLike, name: str, now: dt.datetime | None = None) -> Path:
@@ -311,6 +324,7 @@ def _git() -> dict:
 
 def run_meta(scenario: dict, extra: dict | None) -> dict:
     meta = {
+        "schema": SCHEMA_VERSION,
         "scenario": scenario,
         "seed": scenario.get("seed"),
         "versions": _versions(),
@@ -358,6 +372,9 @@ class ResultsWriter:
         self.summaries: dict[str, dict] = {}
         self.status = "running"
         self.system: str | None = None
+        self.repeat = 0
+        self._repeats: dict[str, dict[int, dict]] = {}  # system -> repeat -> summary, when repeated
+        self._measured: set[tuple[str, int]] = set()
         self._started = time.perf_counter()
         self._streams = {name: _Stream(self.run_dir, name) for name in TABLES}
         self._pending: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
@@ -370,13 +387,16 @@ class ResultsWriter:
         return self.run_dir.name
 
     # -- the record sink --
-    def begin_system(self, name: str) -> None:
+    def begin_system(self, name: str, repeat: int = 0) -> None:
+        """Open system `name`; `repeat` numbers its runs when it is measured several times (--repeats)."""
         self._check_open()
         if self.system is not None:
             raise RuntimeError(f"begin_system({name!r}) while {self.system!r} is open: call end_system() first")
-        if name in self.summaries:
-            raise RuntimeError(f"system {name!r} was already measured in this run")
-        self.system = name
+        if (name, int(repeat)) in self._measured:
+            raise RuntimeError(f"system {name!r} was already measured in this run" +
+                               (f" (repeat {repeat})" if repeat else ""))
+        self.system, self.repeat = name, int(repeat)
+        self._measured.add((name, self.repeat))
 
     def requests(self, batch: Mapping) -> None:
         self._append("requests", batch)
@@ -394,6 +414,8 @@ class ResultsWriter:
         self._check_open()
         if self.system is None:
             raise RuntimeError(f"{name}(batch) outside a system: call begin_system(name) first")
+        if "repeat" not in batch:
+            batch = {**batch, "repeat": np.full(_length(batch), self.repeat, dtype=np.int64)}
         table = to_table(name, batch, self.system)
         if table.num_rows:
             self._streams[name].write(table)
@@ -421,8 +443,16 @@ class ResultsWriter:
             if key in summary:
                 raise ValueError(f"end_system(extra): {key!r} is a computed summary key")
             summary[key] = value
-        self._write_hlog_intervals(self.system, frames["requests"])
-        self.summaries[self.system] = summary
+        self._write_hlog_intervals(self.system if not self.repeat else f"{self.system}/repeat{self.repeat}",
+                                   frames["requests"])
+        if self.repeat or self.system in self._repeats:
+            runs = self._repeats.setdefault(self.system, {})
+            if not runs and self.system in self.summaries:
+                runs[0] = {**self.summaries[self.system], "repeat": 0}
+            runs[self.repeat] = {**summary, "repeat": self.repeat}
+            self.summaries[self.system] = metrics.pool_repeats([runs[r] for r in sorted(runs)])
+        else:
+            self.summaries[self.system] = summary
         self.system = None
         self._pending = {name: [] for name in TABLES}
         self._write_summary()
