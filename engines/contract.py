@@ -34,13 +34,15 @@ COLUMNS: dict[str, dict[str, str]] = {
                 "read_queue_tokens": I64,
                 "group": I64},  # added: the engine group (engines of a group step together; null for http)
 }
-for _columns in COLUMNS.values():  # added: which of `dualpath run --repeats N`'s runs of the system (from 0)
-    _columns["repeat"] = I64
 TABLES = tuple(COLUMNS)
 REQUEST_COLUMNS = tuple(COLUMNS["requests"])
 AGENT_COLUMNS = tuple(COLUMNS["agents"])
 LINK_COLUMNS = tuple(COLUMNS["links"])
 ENGINE_COLUMNS = tuple(COLUMNS["engines"])
+# added: which of `dualpath run --repeats N`'s runs of the system (from 0), filled in by the results writer
+# (the tuples above are what a runtime writes)
+for _columns in COLUMNS.values():
+    _columns["repeat"] = I64
 
 STATUSES = ("ok", "error", "timeout", "cancelled")          # a request's or an agent's
 RUN_STATUSES = ("running", "ok", "interrupted", "error", "aborted")  # a results directory's (aborted: the
