@@ -26,6 +26,8 @@ def register(sub) -> None:
     r.add_argument("--capacity", action="store_true",
                    help="search each system's largest Poisson agent arrival rate within the scenario's SLO")
     r.add_argument("--json", action="store_true", help="print summary.json on stdout (only that)")
+    r.add_argument("--report", action="store_true", help="then write report.md, report.html and figures/ "
+                   "into the results directory (dualpath report)")
     r.set_defaults(func=cmd_run)
 
 
@@ -78,6 +80,9 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     rounds = trace.num_rounds
     run_dir = make_run_dir()
     with ResultsWriter(run_dir, scenario) as writer:
+        if scenario["backend"] == "sim":
+            from harness.attribution import profiles
+            writer.meta["profiles"] = profiles(scenario)
         for system in scenario["systems"]:
             writer.begin_system(system)
             t0 = time.perf_counter()
@@ -88,6 +93,11 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             facts["wall_s"] = wall
             if scenario["backend"] == "sim":
                 facts["sim_requests_per_wall_s"] = rounds / wall if wall > 0 else None
+            if scenario["backend"] == "sim":
+                from harness.attribution import attribute
+                frames = writer.frames()
+                facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
+                                       frames["engines"]))
             summary = writer.end_system(facts)
             aborted = (facts.get("driver") or {}).get("aborted")
             if aborted:
@@ -100,7 +110,14 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
+        from harness.attribution import ladder_lines, limited_line
+        for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
+            if line:
+                print(line)
         print(f"results: {run_dir}", file=sys.stderr)
+    if getattr(args, "report", False):
+        from harness.cli_report import write_report
+        write_report([run_dir], run_dir)
     return 0
 
 
