@@ -43,6 +43,8 @@ def build_parser() -> Parser:
         cli_run.register(sub)
         from harness import cli_hw
         cli_hw.register(sub)
+        from harness import cli_report
+        cli_report.register(sub)
     return parser
 
 
