@@ -192,5 +192,9 @@ def ladder_lines(summaries: Mapping[str, Mapping]) -> list[str]:
         gain = f"JCT {ja:.0f} s -> {jb:.0f} s ({ja / jb:.2f}x)" if ja and jb else "JCT n/a"
         ua, ub = a["utilisation"], b["utilisation"]
         moved = max(RATE_RESOURCES, key=lambda k: abs(ub[k] - ua[k]))
-        lines.append(f"{cur} over {prev}: {gain}; {moved} {ua[moved] * 100:.0f} % -> {ub[moved] * 100:.0f} % busy")
+        line = f"{cur} over {prev}: {gain}; {moved} {ua[moved] * 100:.0f} % -> {ub[moved] * 100:.0f} % busy"
+        ba, bb = a.get("attention_balance"), b.get("attention_balance")
+        if ba and bb and max(ba, bb) / min(ba, bb) > 1.2:
+            line += f"; prefill attention max/avg {ba:.2f} -> {bb:.2f}"
+        lines.append(line)
     return lines

@@ -115,8 +115,12 @@ def why(merged: dict) -> str | None:
                f"({100 * ub['snic_pe']:.0f} % busy) and dualpath spreads reads over both sides "
                f"(snic_pe {100 * ud['snic_pe']:.0f} %, snic_de {100 * ud['snic_de']:.0f} %)")
     else:
-        src = (f"the scheduler and prefill (not the second read path): basic's storage NICs are only "
-               f"{100 * ub['snic_pe']:.0f} % busy, and it is limited by {b['bottleneck']['resource']}")
+        src = (f"the scheduler and chunked prefill, not the second read path: basic's storage NICs are only "
+               f"{100 * ub['snic_pe']:.0f} % busy and it is limited by {b['bottleneck']['resource']}")
+        ab, ad = b.get("attention_balance"), d.get("attention_balance")
+        if ab and ad:
+            src += (f"; dualpath balances prefill attention across engines (max/avg {ab:.2f} -> {ad:.2f}), "
+                    "so less engine time is spent waiting for the slowest engine of a group")
     return f"dualpath is {jb / jd:.2f}x basic on JCT; the gain comes from {src}."
 
 

@@ -62,6 +62,7 @@ def waterfall(runs, colours):
         text = f"{v:.0f} s" if i == 0 else f"-{jct[i - 1] - v:.0f} s ({jct[i - 1] / v:.2f}x)"
         ax.text(i, bottom + height, text, ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(series)), [x[0] for x in series])
+    ax.set_ylim(0, max(jct) * 1.1)
     ax.set(ylabel="job completion time (s)", title="What each rung of the ablation ladder buys (paper Fig. 12)")
     return fig
 
@@ -230,7 +231,9 @@ def latency_cdfs(runs, colours):
     for ax, key, name in zip(axes, ("ttft_s", "tpot_s"), ("TTFT", "TPOT")):
         if slo.get(key):
             ax.axvline(slo[key], color="black", ls=":", lw=1, label=f"SLO {slo[key]:g} s")
-        ax.set(xscale="log", xlabel=f"{name} (s, log scale)", ylabel="share of requests", title=f"{name} CDF")
+        log = key == "ttft_s"  # TTFT spans decades; TPOT a narrow band
+        ax.set(xscale="log" if log else "linear", xlabel=f"{name} (s{', log scale' if log else ''})",
+               ylabel="share of requests", title=f"{name} CDF")
         ax.legend(fontsize=8)
     return fig
 
