@@ -47,6 +47,8 @@ def build_parser() -> Parser:
     mock_server.register(sub)
     from harness import cli_gate
     cli_gate.register(sub)
+    from harness import cli_report
+    cli_report.register(sub)
     return parser
 
 

@@ -30,6 +30,8 @@ def register(sub) -> None:
     r.add_argument("--repeats", type=positive_int, default=1, metavar="N",
                    help="run each system N times into the same results directory (column `repeat`; the summary "
                    "per repeat and pooled), for `dualpath gate`'s statistics on noisy backends (default 1)")
+    r.add_argument("--report", action="store_true", help="then write report.md, report.html and figures/ "
+                   "into the results directory (dualpath report)")
     r.set_defaults(func=cmd_run)
 
 
@@ -111,6 +113,9 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     failures: list[str] = []
     repeats = getattr(args, "repeats", 1)
     with ResultsWriter(run_dir, scenario) as writer:
+        if scenario["backend"] == "sim":
+            from harness.attribution import profiles
+            writer.meta["profiles"] = profiles(scenario)
         for repeat, system in ((r, s) for r in range(repeats) for s in scenario["systems"]):
             writer.begin_system(system, repeat)
             t0 = time.perf_counter()
@@ -125,6 +130,11 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             driver = facts.get("driver") or {}
             complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
                                       and driver.get("requests_sent") == rounds)
+            if scenario["backend"] == "sim":
+                from harness.attribution import attribute
+                frames = writer.frames()
+                facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
+                                       frames["engines"]))
             summary = writer.end_system(facts, complete=complete)
             for warning in summary.get("warnings", []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
@@ -139,6 +149,13 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
+        from harness.attribution import ladder_lines, limited_line
+        for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
+            if line:
+                print(line)
+    if getattr(args, "report", False):
+        from harness.cli_report import write_report
+        write_report([run_dir], run_dir)
     for line in failures:
         print(line, file=sys.stderr)
     print(f"results: {run_dir}", file=sys.stderr)

@@ -145,7 +145,8 @@ def collect(out_dir: Path, profiles: list[str], capacity: bool) -> dict:
             for name, s in summary.get("systems", {}).items():
                 entry = {"jct_s": s.get("makespan_jct_s")}
                 if "bottleneck" in s:
-                    entry["bottleneck"] = s["bottleneck"]
+                    b = s["bottleneck"]
+                    entry["bottleneck"] = b.get("resource") if isinstance(b, dict) else b  # the resource named
                 links = results["links"]
                 nodes = {"prefill": int(cluster.get("prefill_nodes", 0)), "decode": int(cluster.get("decode_nodes", 0))}
                 entry["link_utilisation"] = link_utilisation(links[links["system"] == name], hw, nodes,

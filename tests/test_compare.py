@@ -56,8 +56,9 @@ def test_table_shows_each_profile_its_gain_and_bounds(compared):
     rc, out, err, out_dir = compared
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["hardware", "basic"] and "basic/dualpath JCT" in lines[0]
-    assert "bottleneck" not in lines[0]  # no attribution in the summaries: no column
+    assert "basic bottleneck" in lines[0]  # attribution in the summaries: a column naming the resource
     rows = {line.split()[0]: line for line in lines[1:]}
+    assert all(any(r in rows[p] for r in ("snic_pe", "pe_compute", "de_compute")) for p in rows)
     assert "1/7 .. 7/2" in rows["hopper-paper"] and "1/3 .. 1" in rows["hopper-2snic"]
     assert "2:4 inside" in rows["hopper-paper"]
     comparison = json.loads((out_dir / "compare.json").read_text())

@@ -1,0 +1,200 @@
+"""Bottleneck attribution: what limits each system, computed from the results tables alone.
+
+Rate resources (busy share = bytes moved / what the link can move in that time, or compute seconds /
+engine seconds): `snic_pe`, `snic_de` (storage NICs of prefill / decode nodes, at `snic_efficiency` of
+line rate), `cnic` (compute NICs, at `cnic_efficiency`), `dram` (node DRAM bandwidth, both directions
+together), `pe_compute` (step seconds of prefill engines over engine seconds), `de_compute` (share of
+sampled decode steps spent beyond the smallest step seen, the weights-and-overheads floor a decode engine
+pays even for one sequence: a memory-bound engine that steps for a few sequences has room to spare). A link's share in a
+window is its busier direction's bytes over its capacity; a class's share is the mean over its nodes.
+
+Capacity resources are attributed from what requests waited on (the TTFT breakdown): `queue_s`
+(scheduler and read queue) and `alloc_s` (a full staging buffer or HBM), as shares of the mean TTFT.
+
+Busy phase: from the first request until the running agents fall below half of their peak, so the
+drained tail of an offline run does not dilute the shares. Everything else is the whole run.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from engines.contract import SYSTEMS as LADDER
+from engines.costmodel import SimConstants, hardware_spec
+
+RATE_RESOURCES = ("snic_pe", "snic_de", "cnic", "dram", "pe_compute", "de_compute")
+WAITS = {"queue_s": "the scheduler and read queues", "alloc_s": "staging buffer / HBM space"}
+WAIT_SHARE = 0.10  # a wait named in the verdict when it is at least this share of the mean TTFT
+WHAT = {"snic_pe": "the prefill-side storage NICs (snic_pe)", "snic_de": "the decode-side storage NICs (snic_de)",
+        "cnic": "the compute NICs (cnic)", "dram": "node DRAM bandwidth (dram)",
+        "pe_compute": "prefill compute (pe_compute)", "de_compute": "decode compute (de_compute)"}
+
+
+def capacities(scenario: Mapping) -> dict[str, float]:
+    """Usable bytes/s of one link of each class, from the resolved hardware profile and sim constants."""
+    hw = hardware_spec(scenario["hardware"])
+    const = SimConstants().with_overrides(scenario.get("sim"))
+    return {"snic": hw.snic_bytes_s * const.snic_efficiency, "cnic": hw.cnic_bytes_s * const.cnic_efficiency,
+            "dram": hw.dram_bw_bytes_s}
+
+
+def profiles(scenario: Mapping) -> dict:
+    """The resolved model and hardware profiles (for summary.json's meta)."""
+    from engines.costmodel.profiles import load_profile
+    return {kind: load_profile(kind, scenario[kind])[0] for kind in ("model", "hardware")}
+
+
+def busy_phase(requests: pd.DataFrame, agents: pd.DataFrame) -> tuple[float, float]:
+    """(start, end) s: the first request until the running agents fall below half their peak."""
+    t0 = float(pd.to_numeric(requests["t_scheduled"]).min()) if len(requests) else 0.0
+    if agents is None or not len(agents):
+        end = float(pd.to_numeric(requests["t_done"]).max()) if len(requests) else t0
+        return t0, end
+    arr = pd.to_numeric(agents["t_arrival"]).to_numpy(float)
+    done = pd.to_numeric(agents["t_done"]).to_numpy(float)
+    done = np.where(np.isfinite(done), done, np.nanmax(np.r_[done[np.isfinite(done)], arr]))
+    times = np.r_[arr, done]
+    steps = np.r_[np.ones(len(arr)), -np.ones(len(done))]
+    order = np.lexsort((steps, times))  # at equal times, departures first
+    running = np.cumsum(steps[order])
+    times = times[order]
+    peak_i = int(np.argmax(running))
+    peak = running[peak_i]
+    below = np.nonzero(running[peak_i:] < peak / 2)[0]
+    end = float(times[peak_i + below[0]]) if len(below) else float(times[-1])
+    return t0, max(end, t0)
+
+
+def link_shares(links: pd.DataFrame, caps: Mapping[str, float], start: float, end: float) -> dict[str, float]:
+    """Mean busy share per link class over windows overlapping [start, end)."""
+    out = {k: 0.0 for k in ("snic_pe", "snic_de", "cnic", "dram")}
+    if links is None or not len(links) or end <= start:
+        return out
+    df = links[(links["t_end"] > start) & (links["t_start"] < end)]
+    if not len(df):
+        return out
+    t_start, t_end = pd.to_numeric(links["t_start"]), pd.to_numeric(links["t_end"])
+    n_windows = len(np.unique(t_start[(t_end > start) & (t_start < end)]))
+    window = float((t_end - t_start).max())
+    span = n_windows * window
+    node = df["node"].astype(str)
+    kind = df["link"].astype(str).str.replace(r"\d+$", "", regex=True)
+    nodes = links["node"].astype(str).unique()
+    n_pe = sum(1 for n in nodes if n.startswith("p"))
+    n_de = len(nodes) - n_pe
+    cnics = links.loc[links["link"].astype(str).str.startswith("cnic"), ["node", "link"]].drop_duplicates()
+    # bytes per link and direction over the phase; a link's share is its busier direction (dram: both)
+    per = df.assign(kind=kind, side=np.where(node.str.startswith("p"), "pe", "de"))
+    per_dir = per.groupby(["kind", "side", "node", "link", "direction"], observed=True)["bytes"].sum()
+    for (k, side), grp in per_dir.groupby(level=["kind", "side"]):
+        if k == "dram":
+            link_bytes = grp.groupby(level=["node", "link"]).sum()
+        else:
+            link_bytes = grp.groupby(level=["node", "link"]).max()
+        if k == "snic":
+            n_links = n_pe if side == "pe" else n_de
+            out[f"snic_{side}"] = float(link_bytes.sum()) / (n_links * caps["snic"] * span)
+        elif k == "cnic":
+            out["cnic"] += float(link_bytes.sum()) / (max(len(cnics), 1) * caps["cnic"] * span)
+        elif k == "dram":
+            out["dram"] += float(link_bytes.sum()) / (len(nodes) * caps["dram"] * span)
+    return out
+
+
+def compute_shares(engines: pd.DataFrame, start: float, end: float) -> dict[str, float]:
+    """Step seconds of prefill / decode engines over engine seconds in [start, end)."""
+    out = {"pe_compute": 0.0, "de_compute": 0.0}
+    if engines is None or not len(engines) or end <= start:
+        return out
+    t = pd.to_numeric(engines["t"])
+    for role, key in (("prefill", "pe_compute"), ("decode", "de_compute")):
+        mine = engines["role"].astype(str) == role
+        n = engines.loc[mine, "engine"].nunique()
+        if not n:
+            continue
+        rows = engines.loc[mine & (t >= start) & (t < end)]
+        if role == "prefill":  # one row per forward step: its seconds
+            busy = pd.to_numeric(rows["step_s"]).fillna(0).sum() / (n * (end - start))
+        else:  # one row per engine and window (a step sampled): the step beyond the one-sequence floor
+            step = pd.to_numeric(rows["step_s"]).fillna(0).to_numpy(float)
+            held = (pd.to_numeric(rows["batch_requests"]).fillna(0).to_numpy() > 0) & (step > 0)
+            if held.any():
+                floor = step[held].min()
+                busy = float(((step[held] - floor) / step[held]).sum() / len(rows))
+            else:
+                busy = 0.0
+        out[key] = float(min(busy, 1.0))
+    return out
+
+
+def waits(requests: pd.DataFrame) -> dict[str, float]:
+    """Mean wait per request in each breakdown column, as a share of the mean TTFT."""
+    ok = requests[requests["status"].astype(str) == "ok"] if len(requests) else requests
+    if not len(ok):
+        return {k: 0.0 for k in WAITS}
+    ttft = float((pd.to_numeric(ok["t_first_token"]) - pd.to_numeric(ok["t_scheduled"])).mean())
+    return {k: (float(pd.to_numeric(ok[k]).fillna(0).mean()) / ttft if ttft > 0 and k in ok else 0.0) for k in WAITS}
+
+
+def attribute(scenario: Mapping, requests: pd.DataFrame, agents: pd.DataFrame, links: pd.DataFrame,
+              engines: pd.DataFrame) -> dict:
+    """`utilisation`, `utilisation_whole_run` and `bottleneck` of one system's records."""
+    caps = capacities(scenario)
+    start, end = busy_phase(requests, agents)
+    t_last = max([float(pd.to_numeric(d[c]).max()) for d, c in ((requests, "t_done"), (links, "t_end"))
+                  if d is not None and len(d)] or [end])
+    wait = waits(requests)
+
+    def shares(a: float, b: float) -> dict:
+        s = {**link_shares(links, caps, a, b), **compute_shares(engines, a, b)}
+        return {k: round(min(s[k], 9.99), 4) for k in RATE_RESOURCES}
+    busy = shares(start, end)
+    whole = shares(start, max(t_last, end))
+    top = max(RATE_RESOURCES, key=lambda k: busy[k])
+    verdict = f"limited by {WHAT[top]}, {busy[top] * 100:.0f} % busy in the busy phase"
+    waited = [f"{WAITS[k]} ({k}, {v * 100:.0f} % of TTFT)" for k, v in wait.items() if v >= WAIT_SHARE]
+    if waited:
+        verdict += "; requests waited on " + " and ".join(waited)
+    return {"utilisation": {**busy, **{f"wait_{k}": round(v, 4) for k, v in wait.items()}},
+            "utilisation_whole_run": whole,
+            "busy_phase_s": [round(start, 3), round(end, 3)],
+            "bottleneck": {"resource": top, "busy_share": busy[top], "verdict": verdict + "."}}
+
+
+def attribute_results(results: Mapping) -> dict[str, dict]:
+    """Attribution per system of a loaded results directory (harness.results.load_results)."""
+    scenario = results["summary"]["meta"]["scenario"]
+    out = {}
+    for system in results["summary"]["systems"]:
+        pick = {k: (d[d["system"].astype(str) == system] if d is not None and len(d) else d)
+                for k, d in results.items() if k in ("requests", "agents", "links", "engines")}
+        out[system] = attribute(scenario, pick.get("requests"), pick.get("agents"), pick.get("links"),
+                                pick.get("engines"))
+    return out
+
+
+def limited_line(system: str, summary: Mapping) -> str | None:
+    b = summary.get("bottleneck")
+    if not b:
+        return None
+    return f"{system}: limited by {b['resource']}, {b['busy_share'] * 100:.0f} % busy"
+
+
+def ladder_lines(summaries: Mapping[str, Mapping]) -> list[str]:
+    """What each system of the ablation ladder buys over the one before it in this run."""
+    present = [s for s in LADDER if s in summaries and summaries[s].get("utilisation")]
+    lines = []
+    for prev, cur in zip(present, present[1:]):
+        a, b = summaries[prev], summaries[cur]
+        ja, jb = a.get("makespan_jct_s"), b.get("makespan_jct_s")
+        gain = f"JCT {ja:.0f} s -> {jb:.0f} s ({ja / jb:.2f}x)" if ja and jb else "JCT n/a"
+        ua, ub = a["utilisation"], b["utilisation"]
+        moved = max(RATE_RESOURCES, key=lambda k: abs(ub[k] - ua[k]))
+        line = f"{cur} over {prev}: {gain}; {moved} {ua[moved] * 100:.0f} % -> {ub[moved] * 100:.0f} % busy"
+        ba, bb = a.get("attention_balance"), b.get("attention_balance")
+        if ba and bb and max(ba, bb) / min(ba, bb) > 1.2:
+            line += f"; prefill attention max/avg {ba:.2f} -> {bb:.2f}"
+        lines.append(line)
+    return lines
