@@ -75,18 +75,24 @@ class AgentContext:
         return used
 
 
-def hash_prompt(seed: int, hash_ids: list[int], prompt_tokens: int, block_size: int) -> str:
-    """The JSON array text of a prompt made of one deterministic block per hash id."""
-    parts = []
+def hash_blocks(hash_ids: list[int], prompt_tokens: int, block_size: int):
+    """The blocks of a prompt made of one block per hash id, cut to its length: (key, count, take),
+    where key seeds a block's content and `take` of its first tokens are used; past the last hash id,
+    one padding block keyed by the length (fewer hash ids than the length needs)."""
     left = prompt_tokens
     for h in hash_ids:
         if left <= 0:
-            break
+            return
         n = min(block_size, left)
-        parts.append(",".join(map(str, _ids(seed, 3, h, 0, block_size)[:n])))
+        yield (3, h, 0, block_size), n
         left -= n
-    if left > 0:  # fewer hash ids than the length needs: pad deterministically
-        parts.append(",".join(map(str, _ids(seed, 4, prompt_tokens, len(hash_ids), left))))
+    if left > 0:
+        yield (4, prompt_tokens, len(hash_ids), left), left
+
+
+def hash_prompt(seed: int, hash_ids: list[int], prompt_tokens: int, block_size: int) -> str:
+    """The JSON array text of a prompt made of one deterministic block per hash id."""
+    parts = [",".join(map(str, _ids(seed, *key)[:n])) for key, n in hash_blocks(hash_ids, prompt_tokens, block_size)]
     return "[" + ",".join(parts) + "]"
 
 
@@ -199,14 +205,7 @@ def hash_text(seed: int, hash_ids: list[int], prompt_tokens: int, block_size: in
     """A prompt of one deterministic block of words per hash id (cut to the length), as a JSON string
     or as one user message."""
     parts = []
-    left = prompt_tokens
-    for h in hash_ids:
-        if left <= 0:
-            break
-        n = min(block_size, left)
-        parts.extend(words.list(seed, 3, h, 0, block_size)[:n])
-        left -= n
-    if left > 0:
-        parts.extend(words.list(seed, 4, prompt_tokens, len(hash_ids), left))
+    for key, n in hash_blocks(hash_ids, prompt_tokens, block_size):
+        parts.extend(words.list(seed, *key)[:n])
     text = " " + " ".join(parts) if parts else ""
     return '[{"role":"user","content":%s}]' % _json_str(text) if chat else _json_str(text)

@@ -24,7 +24,6 @@ Rules beyond the per-key types:
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any, Sequence
 import yaml
 
 from engines.contract import BACKENDS, PLANNED_BACKENDS as UNAVAILABLE_BACKENDS, SYSTEMS
-from engines.costmodel.profiles import PROFILE_SUBDIRS, available_profiles, find_profile, looks_like_path as _looks_like_path
+from engines.costmodel.profiles import PROFILE_SUBDIRS, find_profile, looks_like_path as _looks_like_path
 from traces.errors import InputError, did_you_mean
 from traces.io import FORMATS
 from traces.presets import PRESETS

@@ -16,7 +16,8 @@ import os
 import pyarrow as pa
 
 from traces.errors import InputError
-from traces.io import INT64_MAX, INT64_MIN, IdTypes, finite_number, id_text, json_lines
+from traces.io import IdTypes, finite_number, id_text, json_lines
+from traces.mooncake import checked_hash_ids
 from traces.schema import MAX_TOKENS, Trace, arrow_schema, validate_table
 
 BLOCK_SIZE = 16
@@ -51,14 +52,7 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
             raise err(f, f"expected 0 to 2^40 tokens, got {v}")
     if obj["input_length"] == 0:
         raise err("input_length", "a request needs at least one prompt token")
-    ids = obj["hash_ids"]
-    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) or not INT64_MIN <= x <= INT64_MAX
-                                        for x in ids):
-        raise err("hash_ids", "expected a list of 64-bit integers")
-    want = -(-obj["input_length"] // block_size)
-    if len(ids) != want:
-        raise err("hash_ids", f"has {len(ids)} ids, expected ceil(input_length {obj['input_length']} / "
-                              f"block size {block_size}) = {want}")
+    ids = checked_hash_ids(obj, block_size, err)
     turn = obj.get("turn")
     if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 0):
         raise err("turn", f"expected an integer >= 0, got {turn!r}")

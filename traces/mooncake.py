@@ -36,6 +36,19 @@ MIN_CHAIN_BLOCKS = 2
 
 
 # ----- parsing ------------------------------------------------------------------------------------
+def checked_hash_ids(obj: dict, block_size: int, err) -> list:
+    """A row's `hash_ids`: 64-bit integers, one per block of its `input_length` (else `err(field, problem)`)."""
+    ids = obj["hash_ids"]
+    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) or not INT64_MIN <= x <= INT64_MAX
+                                        for x in ids):
+        raise err("hash_ids", "expected a list of 64-bit integers")
+    want = -(-obj["input_length"] // block_size)
+    if len(ids) != want:
+        raise err("hash_ids", f"has {len(ids)} ids, expected ceil(input_length {obj['input_length']} / "
+                              f"block size {block_size}) = {want}")
+    return ids
+
+
 def parse_row(obj, block_size: int, path: str | None = None, line: int | None = None) -> dict:
     """Validate one decoded Mooncake row; raise `FILE:LINE: FIELD: problem` on anything wrong."""
     def err(field, problem):
@@ -65,14 +78,7 @@ def parse_row(obj, block_size: int, path: str | None = None, line: int | None = 
             raise err(f, f"too large ({v} tokens; at most 2^40 per request)")
     if obj["input_length"] == 0 and not in_session:  # a delta row may add nothing (checked per session)
         raise err("input_length", "a request needs at least one prompt token")
-    ids = obj["hash_ids"]
-    if not isinstance(ids, list) or any(isinstance(x, bool) or not isinstance(x, int) or not INT64_MIN <= x <= INT64_MAX
-                                        for x in ids):
-        raise err("hash_ids", "expected a list of 64-bit integers")
-    want = -(-obj["input_length"] // block_size)
-    if len(ids) != want:
-        raise err("hash_ids", f"has {len(ids)} ids, expected ceil(input_length {obj['input_length']} / "
-                              f"block size {block_size}) = {want}")
+    ids = checked_hash_ids(obj, block_size, err)
     row = {"timestamp": None if ts is None else float(ts), "input_length": obj["input_length"],
            "output_length": obj["output_length"], "hash_ids": ids}
     if in_session or "round" in obj:

@@ -58,15 +58,14 @@ class Decision:
 
 
 class _Queued:
-    __slots__ = ("handle", "length", "hbm_need", "hit", "order", "group")
+    __slots__ = ("handle", "length", "hbm_need", "hit", "order")
 
-    def __init__(self, handle, length: float, hbm_need: float, hit: float, order: int, group: int):
+    def __init__(self, handle, length: float, hbm_need: float, hit: float, order: int):
         self.handle = handle
         self.length = length
         self.hbm_need = hbm_need
         self.hit = hit
         self.order = order
-        self.group = group
 
 
 class _GroupQueue:
@@ -204,10 +203,10 @@ class Dispatcher:
         its whole decode, and `hit` cached tokens to read from storage."""
         self.queued += 1
         if not self.paper:
-            self.fifo.append(_Queued(handle, length, hbm_need, hit, next(self._order), 0))
+            self.fifo.append(_Queued(handle, length, hbm_need, hit, next(self._order)))
             return
         g = self._least_loaded_group()
-        q = _Queued(handle, length, hbm_need, hit, next(self._order), g)
+        q = _Queued(handle, length, hbm_need, hit, next(self._order))
         gq = self.group_queues[g]
         gq.push(q)
         self._set_load(g, self._load[g] + length)
@@ -382,6 +381,3 @@ class Dispatcher:
             gq = self.group_queues[g]
             if gq.items:
                 heapq.heappush(self._heads, (gq.items[0].order, g))
-
-    def pe_view(self, pe_index: int) -> EngineView:
-        return self.pes[pe_index]
