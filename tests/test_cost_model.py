@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from engines.costmodel import CostModel, SimConstants, hardware_spec, model_spec
 from engines.costmodel.profiles import REPO_ROOT
@@ -178,6 +179,26 @@ def test_max_chunk_is_the_largest_chunk_within_the_budget(ds, cached, new, budge
         assert ds.prefill_attention_s(cached, k) <= budget
     if k < new:
         assert ds.prefill_attention_s(cached, k + 1) > budget
+
+
+def _bisect_chunk(cost, cached, new, budget):
+    lo, hi = 0, new
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost.prefill_attention_s(cached, mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@settings(max_examples=300, deadline=None)
+@given(model=st.sampled_from([DS, DS27, QWEN]), cached=st.integers(0, 200_000), new=st.integers(0, 200_000),
+       budget=st.floats(-1.0, 30.0, allow_nan=False))
+def test_max_chunk_equals_a_bisection_of_the_attention_time(model, cached, new, budget):
+    """max_chunk solves the time's quadratic pieces instead of bisecting: the same chunk, to the token."""
+    cost = CostModel(model_spec(model), hardware_spec("hopper-paper"), SimConstants(), prefill_ep=8, decode_ep=8)
+    assert cost.max_chunk(cached, new, budget) == _bisect_chunk(cost, cached, new, budget)
 
 
 def test_max_chunk_limits(ds):

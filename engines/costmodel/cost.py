@@ -86,16 +86,34 @@ class CostModel:
         pair = 4 * m.attn_heads * m.head_dim * m.layers  # GQA/MHA: QK^T and PV
         return pair * _sum_ctx(cached, new), 0.0
 
+    @functools.cached_property
+    def _prefill_attention_terms(self) -> tuple:
+        """prefill_attention_s's constants, computed once: (top-k cap or None, attention FLOPs per key pair,
+        indexer FLOPs per key pair, projection FLOPs per token, and the three rates they run at)."""
+        m, g, k = self.model, self.hw.gpu, self.k
+        if m.attention == "sparse-mla":
+            cap = m.sparse_topk
+            pair = 2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers
+            idx_pair = 2 * m.indexer_heads * m.indexer_dim * m.layers
+        else:
+            cap = None
+            pair = (2 * m.attn_heads * (m.attn_qk_dim + m.attn_v_dim) * m.layers if m.attention == "mla"
+                    else 4 * m.attn_heads * m.head_dim * m.layers)
+            idx_pair = 0
+        proj = 2 * m.proj_params_per_layer * m.layers
+        return (cap, pair, idx_pair, proj, self._rate(g.peak_flops_bf16, k.attention_mfu),
+                self._rate(g.peak_flops_fp8, k.indexer_mfu), self._rate(self._linear_peak, k.linear_mfu))
+
     def prefill_attention_s(self, cached: int, new: int) -> float:
         """Per-GPU attention-layer time of one chunk (projections + attention + indexer)."""
         if new <= 0:
             return 0.0
-        m, g, k = self.model, self.hw.gpu, self.k
-        attn, idx = self.attention_flops(cached, new)
-        proj = 2 * m.proj_params_per_layer * m.layers * new
-        return (attn / self._rate(g.peak_flops_bf16, k.attention_mfu)
-                + idx / self._rate(g.peak_flops_fp8, k.indexer_mfu)
-                + proj / self._rate(self._linear_peak, k.linear_mfu))
+        cap, pair, idx_pair, proj, r_attn, r_idx, r_lin = self._prefill_attention_terms
+        if cap is None:
+            attn, idx = pair * _sum_ctx(cached, new), 0.0
+        else:
+            attn, idx = pair * _sum_min(cached, new, cap), idx_pair * _sum_ctx(cached, new)
+        return attn / r_attn + idx / r_idx + proj * new / r_lin
 
     @property
     def ffn_flops_per_token(self) -> float:
@@ -125,15 +143,50 @@ class CostModel:
         return 1.0
 
     def max_chunk(self, cached: int, new: int, budget_s: float) -> int:
-        """Largest chunk (<= new tokens) whose attention time fits in budget_s (binary search)."""
-        lo, hi = 0, new
+        """Largest chunk (<= new tokens) whose attention time fits in budget_s.
+
+        The time is a quadratic in the chunk on each side of the top-k cap, so the root of the right
+        piece lands within a token or two of the answer; the answer itself is settled by
+        prefill_attention_s (monotone in the chunk), as a binary search over it would settle it."""
+        f = self.prefill_attention_s
+        if new <= 0 or f(cached, 1) > budget_s:
+            return 0
+        if f(cached, new) <= budget_s:
+            return new
+        n = min(new - 1, max(1, self._chunk_estimate(cached, budget_s)))
+        for _ in range(64):  # the estimate is off by float rounding only; the bound is a safety net
+            if f(cached, n) > budget_s:
+                n -= 1
+            elif f(cached, n + 1) <= budget_s:
+                n += 1
+            else:
+                return n
+        lo, hi = 1, new - 1  # not reached in practice: fall back to bisection over [1, new - 1]
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.prefill_attention_s(cached, mid) <= budget_s:
+            if f(cached, mid) <= budget_s:
                 lo = mid
             else:
                 hi = mid - 1
         return lo
+
+    def _chunk_estimate(self, cached: int, budget_s: float) -> int:
+        """Real root n of attention time(cached, n) = budget_s, with the time written as a n^2 + b n + c."""
+        cap, pair, idx_pair, proj, r_attn, r_idx, r_lin = self._prefill_attention_terms
+        A, B, P = pair / r_attn, idx_pair / r_idx, proj / r_lin
+        half = cached + 0.5  # sum_ctx(cached, n) = n^2 / 2 + n (cached + 1/2)
+        if cap is None:
+            a, b, c = A / 2, A * half + P, 0.0
+        else:
+            m = max(0, cap - cached)  # chunk tokens before the cap binds
+            if m > 0 and self.prefill_attention_s(cached, m) > budget_s:
+                a, b, c = (A + B) / 2, (A + B) * half + P, 0.0
+            else:  # sum_min = m cached + m (m + 1) / 2 + (n - m) cap
+                a, b, c = B / 2, A * cap + B * half + P, A * (m * cached + m * (m + 1) / 2 - m * cap)
+        rhs = budget_s - c
+        if a <= 0:
+            return int(rhs / b) if b > 0 else 0
+        return int((-b + (b * b + 4 * a * rhs) ** 0.5) / (2 * a))
 
     def gpu_prompt_tokens_per_s(self, cached: float, new: float) -> float:
         """Prompt tokens (hit included) one GPU processes per second on requests of this shape, in
