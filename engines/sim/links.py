@@ -232,13 +232,16 @@ class Network:
             for c in cols:
                 row[c] += part
 
-    def telemetry_rows(self, system: str, node_names: dict[int, str]) -> dict[str, list]:
-        """The links contract (DESIGN.md): one row per (window, link, direction, traffic) with bytes."""
+    def telemetry_rows(self, system: str, node_names: dict[int, str]) -> dict:
+        """The links contract (DESIGN.md): one row per (window, link, direction, traffic) with bytes, as
+        numpy columns (a 48P96D run has ~10^7 rows: Python lists of them cost gigabytes)."""
         import numpy as np
 
         nt = len(TRAFFIC)
         width = len(self.links) * nt
-        grid = np.array([row + [0.0] * (width - len(row)) for row in self.windows], dtype=float).reshape(-1, width)
+        grid = np.zeros((len(self.windows), width))
+        for i, row in enumerate(self.windows):
+            grid[i, :len(row)] = row
         w, c = np.nonzero(grid > 0.5)
         link_idx = c // nt
         ws = self.window_s
@@ -247,12 +250,12 @@ class Network:
         direction = np.array([link.direction for link in self.links], dtype=object)
         traffic = np.array(TRAFFIC, dtype=object)
         return {
-            "system": [system] * len(w),
-            "t_start": (w * ws).tolist(),
-            "t_end": ((w + 1) * ws).tolist(),
-            "node": node[link_idx].tolist(),
-            "link": name[link_idx].tolist(),
-            "direction": direction[link_idx].tolist(),
-            "bytes": np.rint(grid[w, c]).astype(np.int64).tolist(),
-            "traffic": traffic[c % nt].tolist(),
+            "system": np.full(len(w), system, dtype=object),
+            "t_start": w * ws,
+            "t_end": (w + 1) * ws,
+            "node": node[link_idx],
+            "link": name[link_idx],
+            "direction": direction[link_idx],
+            "bytes": np.rint(grid[w, c]).astype(np.int64),
+            "traffic": traffic[c % nt],
         }
