@@ -8,8 +8,10 @@ sampled decode steps spent beyond the smallest step seen, the weights-and-overhe
 pays even for one sequence: a memory-bound engine that steps for a few sequences has room to spare). A link's share in a
 window is its busier direction's bytes over its capacity; a class's share is the mean over its nodes.
 
-Capacity resources are attributed from what requests waited on (the TTFT breakdown): `queue_s`
-(scheduler and read queue) and `alloc_s` (a full staging buffer or HBM), as shares of the mean TTFT.
+Capacity resources (`pe_hbm`, `de_hbm`, `dram_buffer`): occupancy is the time-mean of the bytes held over
+the whole cluster's capacity, rebuilt from the requests table alone (see `holdings`), and the time requests
+waited on each is their `alloc_s` (held back by a full buffer), as a share of the mean TTFT. `queue_s`
+(scheduler and read queue) is reported too, as a share of the mean TTFT.
 
 Busy phase: from the first request until the running agents fall below half of their peak, so the
 drained tail of an offline run does not dilute the shares. Everything else is the whole run.
@@ -25,11 +27,14 @@ from engines.contract import SYSTEMS as LADDER
 from engines.costmodel import SimConstants, hardware_spec
 
 RATE_RESOURCES = ("snic_pe", "snic_de", "cnic", "dram", "pe_compute", "de_compute")
+CAPACITY_RESOURCES = ("pe_hbm", "de_hbm", "dram_buffer")
 WAITS = {"queue_s": "the scheduler and read queues", "alloc_s": "staging buffer / HBM space"}
 WAIT_SHARE = 0.10  # a wait named in the verdict when it is at least this share of the mean TTFT
 WHAT = {"snic_pe": "the prefill-side storage NICs (snic_pe)", "snic_de": "the decode-side storage NICs (snic_de)",
         "cnic": "the compute NICs (cnic)", "dram": "node DRAM bandwidth (dram)",
-        "pe_compute": "prefill compute (pe_compute)", "de_compute": "decode compute (de_compute)"}
+        "pe_compute": "prefill compute (pe_compute)", "de_compute": "decode compute (de_compute)",
+        "pe_hbm": "prefill HBM for KV (pe_hbm)", "de_hbm": "decode HBM for KV (de_hbm)",
+        "dram_buffer": "the DRAM staging buffers (dram_buffer)"}
 
 
 def capacities(scenario: Mapping) -> dict[str, float]:
@@ -139,28 +144,42 @@ def waits(requests: pd.DataFrame) -> dict[str, float]:
 
 
 def attribute(scenario: Mapping, requests: pd.DataFrame, agents: pd.DataFrame, links: pd.DataFrame,
-              engines: pd.DataFrame) -> dict:
+              engines: pd.DataFrame, system: str | None = None) -> dict:
     """`utilisation`, `utilisation_whole_run` and `bottleneck` of one system's records."""
-    caps = capacities(scenario)
     start, end = busy_phase(requests, agents)
     t_last = max([float(pd.to_numeric(d[c]).max()) for d, c in ((requests, "t_done"), (links, "t_end"))
                   if d is not None and len(d)] or [end])
     wait = waits(requests)
+    windows = {"busy": (start, end), "whole": (start, max(t_last, end))}
+    occ = {"shares": {w: {} for w in windows}, "waits": {}}
+    sim = scenario.get("backend", "sim") == "sim"
+    if system and sim and requests is not None and len(requests):
+        from harness.occupancy import occupancy
+        occ = occupancy(scenario, requests, system, windows)
 
-    def shares(a: float, b: float) -> dict:
-        s = {**link_shares(links, caps, a, b), **compute_shares(engines, a, b)}
-        return {k: round(min(s[k], 9.99), 4) for k in RATE_RESOURCES}
-    busy = shares(start, end)
-    whole = shares(start, max(t_last, end))
-    top = max(RATE_RESOURCES, key=lambda k: busy[k])
-    verdict = f"limited by {WHAT[top]}, {busy[top] * 100:.0f} % busy in the busy phase"
-    waited = [f"{WAITS[k]} ({k}, {v * 100:.0f} % of TTFT)" for k, v in wait.items() if v >= WAIT_SHARE]
+    def shares(window: str) -> dict:
+        a, b = windows[window]
+        s = {**(link_shares(links, capacities(scenario), a, b) if sim else {}),
+             **compute_shares(engines, a, b), **occ["shares"][window]}
+        return {k: round(min(s[k], 9.99), 4) for k in RATE_RESOURCES + CAPACITY_RESOURCES if k in s}
+    busy, whole = shares("busy"), shares("whole")
+    rated = [k for k in RATE_RESOURCES if k in busy]
+    top = max(rated, key=lambda k: busy[k]) if rated else None
+    verdict = (f"limited by {WHAT[top]}, {busy[top] * 100:.0f} % busy in the busy phase" if top
+               else "no resource measured")
+    waited = [f"{WHAT[k]}, {busy[k] * 100:.0f} % full in the busy phase ({v * 100:.0f} % of TTFT)"
+              for k, v in occ["waits"].items() if v >= WAIT_SHARE]
+    if not waited and wait["alloc_s"] >= WAIT_SHARE:
+        waited = [f"{WAITS['alloc_s']} (alloc_s, {wait['alloc_s'] * 100:.0f} % of TTFT)"]
+    if wait["queue_s"] >= WAIT_SHARE:
+        waited.insert(0, f"{WAITS['queue_s']} (queue_s, {wait['queue_s'] * 100:.0f} % of TTFT)")
     if waited:
         verdict += "; requests waited on " + " and ".join(waited)
-    return {"utilisation": {**busy, **{f"wait_{k}": round(v, 4) for k, v in wait.items()}},
+    return {"utilisation": {**busy, **{f"wait_{k}": round(v, 4) for k, v in wait.items()},
+                            **{f"wait_{k}": round(v, 4) for k, v in occ["waits"].items()}},
             "utilisation_whole_run": whole,
             "busy_phase_s": [round(start, 3), round(end, 3)],
-            "bottleneck": {"resource": top, "busy_share": busy[top], "verdict": verdict + "."}}
+            "bottleneck": {"resource": top, "busy_share": busy[top] if top else None, "verdict": verdict + "."}}
 
 
 def attribute_results(results: Mapping) -> dict[str, dict]:
@@ -171,7 +190,7 @@ def attribute_results(results: Mapping) -> dict[str, dict]:
         pick = {k: (d[d["system"].astype(str) == system] if d is not None and len(d) else d)
                 for k, d in results.items() if k in ("requests", "agents", "links", "engines")}
         out[system] = attribute(scenario, pick.get("requests"), pick.get("agents"), pick.get("links"),
-                                pick.get("engines"))
+                                pick.get("engines"), system)
     return out
 
 

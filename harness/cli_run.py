@@ -134,7 +134,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
                 from harness.attribution import attribute
                 frames = writer.frames()
                 facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
-                                       frames["engines"]))
+                                       frames["engines"], system))
             summary = writer.end_system(facts, complete=complete)
             for warning in summary.get("warnings", []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
