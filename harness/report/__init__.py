@@ -26,6 +26,7 @@ class Run:
     engines: pd.DataFrame | None
     attribution: dict
     labels: dict = field(default_factory=dict)  # system -> label in figures
+    all_requests: pd.DataFrame | None = None     # every repeat's requests (latency CDFs pool them)
 
     @property
     def window_s(self) -> float:
@@ -41,11 +42,22 @@ def load_run(path: str | os.PathLike) -> Run:
     if "systems" not in summary:
         raise InputError("summary.json has no `systems` (a --capacity run?): nothing to report yet",
                          path=str(p / "summary.json"))
-    attr = {s: {k: v[k] for k in ("utilisation", "utilisation_whole_run", "bottleneck")}
+    attr = {s: {"utilisation": v.get("utilisation") or {}, "utilisation_whole_run": v.get("utilisation_whole_run") or {},
+                "bottleneck": attribution.bottleneck_of(v)}
             for s, v in summary["systems"].items() if v.get("bottleneck")}
     if len(attr) < len(summary["systems"]):
         attr = attribution.attribute_results(res)  # results written before attribution existed
-    return Run(p, summary, res.get("requests"), res.get("agents"), res.get("links"), res.get("engines"), attr)
+    tables = {k: first_repeat(res.get(k)) for k in ("requests", "agents", "links", "engines")}
+    run = Run(p, summary, tables["requests"], tables["agents"], tables["links"], tables["engines"], attr)
+    run.all_requests = res.get("requests")
+    return run
+
+
+def first_repeat(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A repeated run's (--repeats) tables share one clock: figures over time show its first repeat."""
+    if df is None or "repeat" not in df or not len(df):
+        return df
+    return df[df["repeat"] == df["repeat"].min()]
 
 
 def load_runs(paths) -> list[Run]:
@@ -59,6 +71,8 @@ def load_runs(paths) -> list[Run]:
 def _fmt(v, unit="", digits=3):
     if v is None:
         return "-"
+    if abs(v) >= 10 ** digits:
+        return f"{v:,.0f}{unit}"
     return f"{v:.{digits}g}{unit}"
 
 
@@ -66,8 +80,8 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
     lines = ["# DualPath bench report", "", "## Verdicts", ""]
     for run in runs:
         for s, label in run.labels.items():
-            b = run.attribution[s]["bottleneck"]
-            lines.append(f"- **{label}**: {b['verdict']}")
+            b = run.attribution[s].get("bottleneck") or {}
+            lines.append(f"- **{label}**: {b.get('verdict', 'no attribution')}")
         merged = {s: {**run.summary["systems"][s], **run.attribution[s]} for s in run.labels}
         for line in attribution.ladder_lines(merged):
             lines.append(f"- {line}")
@@ -83,16 +97,26 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
                          f"{_fmt(lat.get('ttft_s', {}).get('p50'))} | {_fmt(lat.get('ttft_s', {}).get('p99'))} | "
                          f"{_fmt(lat.get('tpot_s', {}).get('p50'))} | "
                          f"{_fmt((m.get('throughput') or {}).get('prompt_tokens_per_s'), digits=4)} | "
-                         f"{run.attribution[s]['bottleneck']['resource']} |")
+                         f"{(run.attribution[s].get('bottleneck') or {}).get('resource') or '-'} |")
+    keys = attribution.RATE_RESOURCES + attribution.CAPACITY_RESOURCES
+    waits = ("queue_s", "alloc_s", "dram_buffer", "pe_hbm")
     lines += ["", "## Utilisation in the busy phase (%)", "",
-              "| system | " + " | ".join(attribution.RATE_RESOURCES) + " | queue_s / TTFT | alloc_s / TTFT |",
-              "|---|" + "---|" * (len(attribution.RATE_RESOURCES) + 2)]
+              "Rate resources: busy share; capacity resources (`pe_hbm`, `de_hbm`, `dram_buffer`): mean occupancy; "
+              "then the share of the mean TTFT requests waited on the queues, on any buffer (`alloc_s`), and on "
+              "each capacity resource (see the README on how occupancy is rebuilt from the requests table).", "",
+              "| system | " + " | ".join(keys) + " | " + " | ".join(f"wait {k}" for k in waits) + " |",
+              "|---|" + "---|" * (len(keys) + len(waits))]
     for run in runs:
         for s, label in run.labels.items():
-            u = run.attribution[s]["utilisation"]
-            cells = [f"{100 * u[k]:.0f}" for k in attribution.RATE_RESOURCES]
-            cells += [f"{100 * u.get(f'wait_{k}', 0):.0f}" for k in ("queue_s", "alloc_s")]
+            u = run.attribution[s].get("utilisation") or {}
+            cells = [f"{100 * u[k]:.0f}" if k in u else "-" for k in keys]
+            cells += [f"{100 * u[f'wait_{k}']:.0f}" if f"wait_{k}" in u else "-" for k in waits]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        served = [s for s in run.labels if "server_queue" in (run.attribution[s].get("utilisation") or {})]
+        for s in served:
+            u = run.attribution[s]["utilisation"]
+            lines.append(f"\n{run.labels[s]} (a real server): queued requests in {100 * u['server_queue']:.0f} % "
+                         f"of scrapes, {u['server_running']:g} running on average.")
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
         lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]

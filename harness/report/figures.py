@@ -196,23 +196,33 @@ def link_heatmap(runs, colours):
 
 def utilisation_bars(runs, colours):
     plt, sns = _plt()
+    keys = attribution.RATE_RESOURCES + attribution.CAPACITY_RESOURCES
     rows = []
     for label, s, run in _series(runs):
-        u = run.attribution[s]["utilisation"]
-        rows += [(label, k, 100 * u[k]) for k in attribution.RATE_RESOURCES]
+        u = run.attribution[s].get("utilisation") or {}
+        rows += [(label, k, 100 * u[k]) for k in keys if k in u]
+    if not rows:
+        return None
     df = pd.DataFrame(rows, columns=["system", "resource", "busy"])
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    sns.barplot(df, x="resource", y="busy", hue="system", palette=colours, ax=ax)
+    order = [k for k in keys if k in set(df["resource"])]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    sns.barplot(df, x="resource", y="busy", hue="system", order=order, palette=colours, ax=ax)
     labels = list(dict.fromkeys(df["system"]))
     for container, label in zip(ax.containers, labels):
         s, run = next((s, run) for lb, s, run in _series(runs) if lb == label)
-        top = run.attribution[s]["bottleneck"]["resource"]
-        bar = container.patches[attribution.RATE_RESOURCES.index(top)]
+        top = run.attribution[s]["bottleneck"].get("resource")
+        if top not in order:
+            continue
+        bar = container.patches[order.index(top)]
         bar.set_edgecolor("black")
         bar.set_linewidth(2)
         ax.annotate("\u25bc", (bar.get_x() + bar.get_width() / 2, bar.get_height() + 1), ha="center",
                     va="bottom", fontsize=10)
-    ax.set(xlabel="", ylabel="busy in the busy phase (%)", ylim=(0, 115),
+    n_rate = sum(1 for k in order if k in attribution.RATE_RESOURCES)
+    if 0 < n_rate < len(order):
+        ax.axvline(n_rate - 0.5, color="grey", lw=1, ls="--")
+        ax.text(n_rate - 0.45, 108, "capacity: mean occupancy \u2192", fontsize=8, va="center")
+    ax.set(xlabel="", ylabel="busy / occupied in the busy phase (%)", ylim=(0, 115),
            title="Utilisation per resource (bottleneck outlined and marked \u25bc)")
     ax.legend(fontsize=8)
     return fig
@@ -222,7 +232,7 @@ def latency_cdfs(runs, colours):
     plt, _ = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, s, run in _series(runs):
-        lat = metrics.request_latencies(_pick(run.requests, s))
+        lat = metrics.request_latencies(_pick(run.all_requests if run.all_requests is not None else run.requests, s))
         for ax, key in zip(axes, ("ttft_s", "tpot_s")):
             v = np.sort(lat[key][np.isfinite(lat[key])])
             if len(v):
