@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import attribution
+from harness.report.capacity import capacity_lines
 from harness.results import load_results
 from traces.errors import InputError
 
@@ -27,6 +28,8 @@ class Run:
     attribution: dict
     labels: dict = field(default_factory=dict)  # system -> label in figures
     all_requests: pd.DataFrame | None = None     # every repeat's requests (latency CDFs pool them)
+    capacity: dict | None = None                 # a --capacity search: system -> {capacity_aps, probes}
+    capacity_labels: dict = field(default_factory=dict)
 
     @property
     def window_s(self) -> float:
@@ -39,14 +42,17 @@ def load_run(path: str | os.PathLike) -> Run:
         raise InputError("not a results directory (no summary.json)", path=str(p))
     res = load_results(p)
     summary = res.get("summary") or {}
+    if "capacity" in summary and "systems" not in summary:  # a --capacity search: its probes, no tables
+        return Run(p, summary, None, None, None, None, {}, capacity=summary["capacity"] or {})
     if "systems" not in summary:
-        raise InputError("summary.json has no `systems` (a --capacity run?): nothing to report yet",
+        raise InputError("summary.json has no `systems` and no `capacity`: nothing to report",
                          path=str(p / "summary.json"))
     attr = {s: {"utilisation": v.get("utilisation") or {}, "utilisation_whole_run": v.get("utilisation_whole_run") or {},
                 "bottleneck": attribution.bottleneck_of(v)}
             for s, v in summary["systems"].items() if v.get("bottleneck")}
-    if len(attr) < len(summary["systems"]):
-        attr = attribution.attribute_results(res)  # results written before attribution existed
+    sim = (summary.get("meta", {}).get("scenario") or {}).get("backend", "sim") == "sim"
+    if len(attr) < len(summary["systems"]) or (sim and any("de_hbm" not in a["utilisation"] for a in attr.values())):
+        attr = attribution.attribute_results(res)  # results written before (capacity) attribution existed
     tables = {k: first_repeat(res.get(k)) for k in ("requests", "agents", "links", "engines")}
     run = Run(p, summary, tables["requests"], tables["agents"], tables["links"], tables["engines"], attr)
     run.all_requests = res.get("requests")
@@ -64,7 +70,11 @@ def load_runs(paths) -> list[Run]:
     runs = [load_run(p) for p in paths]
     many = len(runs) > 1
     for run in runs:
-        run.labels = {s: (f"{run.path.name}/{s}" if many else s) for s in run.summary["systems"]}
+        names = {s: (f"{run.path.name}/{s}" if many else s) for s in (run.capacity or run.summary["systems"])}
+        if run.capacity is None:
+            run.labels = names
+        else:
+            run.capacity_labels = names
     return runs
 
 
@@ -86,7 +96,21 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
         for line in attribution.ladder_lines(merged):
             lines.append(f"- {line}")
         lines.append(f"- {why(merged)}" if why(merged) else "")
-    lines += ["", "## Systems", "",
+        lines += capacity_lines(run)
+    if not any(run.labels for run in runs):
+        lines += [""]
+    else:
+        lines += systems_tables(runs)
+    lines += ["", "## Figures", ""]
+    for name, path in figures.items():
+        lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
+    lines += ["## Runs", ""] + [f"- `{run.path.name}`: scenario `{run.summary['meta']['scenario'].get('name')}`, "
+                                 f"status {run.summary.get('status')}" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def systems_tables(runs: list[Run]) -> list[str]:
+    lines = ["", "## Systems", "",
               "| system | requests | JCT (s) | TTFT p50 (s) | TTFT p99 (s) | TPOT p50 (s) | prompt tokens/s | bottleneck |",
               "|---|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -117,12 +141,7 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
             u = run.attribution[s]["utilisation"]
             lines.append(f"\n{run.labels[s]} (a real server): queued requests in {100 * u['server_queue']:.0f} % "
                          f"of scrapes, {u['server_running']:g} running on average.")
-    lines += ["", "## Figures", ""]
-    for name, path in figures.items():
-        lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
-    lines += ["## Runs", ""] + [f"- `{run.path.name}`: scenario `{run.summary['meta']['scenario'].get('name')}`, "
-                                 f"status {run.summary.get('status')}" for run in runs]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def why(merged: dict) -> str | None:
