@@ -143,3 +143,14 @@ def test_pooled_repeats_that_disagree_keep_a_bottleneck():
     b = A.bottleneck_of(summary)
     assert b["resource"] == "snic_pe" and "mean of 2 repeats" in b["verdict"] and "pe_compute" in b["verdict"]
     assert A.limited_line("basic", summary) == "basic: limited by snic_pe, 70 % busy"
+
+
+def test_admission_replay_waits_for_room_first_come_first_served():
+    import numpy as np
+    from harness.occupancy import admit
+    lo, hi, end = np.array([0.0, 1.0, 1.5]), np.array([10.0, 10.0, 2.0]), np.array([5.0, 8.0, 9.0])
+    nbytes, key = np.array([60.0, 60.0, 60.0]), np.array(["p0.0"] * 3, dtype=object)
+    at = admit(lo, hi, end, nbytes, key, 100.0, np.zeros(3, bool))
+    assert list(at) == [0.0, 5.0, 2.0]  # the second waits for the first; the third is admitted by its span end (2 s)
+    other = admit(lo, hi, end, nbytes, np.array(["p0.0", "p0.1", "p0.0"], dtype=object), 100.0, np.zeros(3, bool))
+    assert list(other) == [0.0, 1.0, 2.0]  # its own engine has room at once
