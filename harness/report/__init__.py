@@ -164,7 +164,25 @@ def why(merged: dict) -> str | None:
         if ab and ad:
             src += (f"; dualpath balances prefill attention across engines (max/avg {ab:.2f} -> {ad:.2f}), "
                     "so less engine time is spent waiting for the slowest engine of a group")
+    steps = [(a, c) for a, c in zip([x for x in attribution.LADDER if x in merged],
+                                    [x for x in attribution.LADDER if x in merged][1:])
+             if merged[a].get("makespan_jct_s") and merged[c].get("makespan_jct_s")]
+    if len(steps) > 1 and "oracle" not in steps[-1]:
+        a, c = max(steps, key=lambda st: merged[st[0]]["makespan_jct_s"] / merged[st[1]]["makespan_jct_s"])
+        src += (f". Most of it comes at {c} over {a} ({merged[a]['makespan_jct_s'] / merged[c]['makespan_jct_s']:.2f}x), "
+                f"which adds {ADDS.get(c, c)}")
+    waited = [f"{k} ({100 * ub[f'wait_{k}']:.0f} % of basic's TTFT)" for k in ("pe_hbm", "dram_buffer")
+              if ub.get(f"wait_{k}", 0) >= attribution.WAIT_SHARE]
+    if waited:
+        src += f"; basic's requests also waited on {' and '.join(waited)}"
     return f"dualpath is {jb / jd:.2f}x basic on JCT; the gain comes from {src}."
+
+
+ADDS = {"layerwise": "layer-wise prefill (KV loaded layer by layer, no whole prompt in HBM)",
+        "dualpath-rr": "the decode-side read path (reads alternate between the sides)",
+        "dualpath": "the paper's scheduler (each read on the less loaded side, prefill balanced across GPUs) "
+                    "with the same two read paths",
+        "oracle": "free I/O"}
 
 
 def html_page(md_text: str, figures: dict[str, Path]) -> str:
