@@ -59,10 +59,10 @@ def waterfall(runs, colours):
         bottom = 0 if i == 0 else min(v, jct[i - 1])
         height = v if i == 0 else abs(jct[i - 1] - v)
         ax.bar(i, height, bottom=bottom, color=colours[label])
-        text = f"{v:.0f} s" if i == 0 else f"{v - jct[i - 1]:+.0f} s ({jct[i - 1] / v:.2f}x)"
+        text = f"{v:.0f} s" if i == 0 else f"{v:.0f} s\n{v - jct[i - 1]:+.0f} s, {jct[i - 1] / v:.2f}x"
         ax.text(i, bottom + height, text, ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(series)), [x[0] for x in series])
-    ax.set_ylim(0, max(jct) * 1.1)
+    ax.set_ylim(0, max(jct) * 1.15)
     ax.set(ylabel="job completion time (s)", title="What each rung of the ablation ladder buys (paper Fig. 12)")
     return fig
 
