@@ -30,7 +30,8 @@ RATE_RESOURCES = ("snic_pe", "snic_de", "cnic", "dram", "pe_compute", "de_comput
 CAPACITY_RESOURCES = ("pe_hbm", "de_hbm", "dram_buffer")
 WAITS = {"queue_s": "the scheduler and read queues", "alloc_s": "staging buffer / HBM space"}
 MOVED = 0.05  # a ladder line names the resource that moved most when it moved at least this much
-WAIT_SHARE = 0.10  # a wait named in the verdict when it is at least this share of the mean TTFT
+WAIT_SHARE = 0.10
+LIGHT = 0.5  # below this busy share for the busiest rate resource, the verdict says the load is light  # a wait named in the verdict when it is at least this share of the mean TTFT
 WHAT = {"snic_pe": "the prefill-side storage NICs (snic_pe)", "snic_de": "the decode-side storage NICs (snic_de)",
         "cnic": "the compute NICs (cnic)", "dram": "node DRAM bandwidth (dram)",
         "pe_compute": "prefill compute (pe_compute)", "de_compute": "decode compute (de_compute)",
@@ -170,6 +171,8 @@ def attribute(scenario: Mapping, requests: pd.DataFrame, agents: pd.DataFrame, l
     top = max(rated, key=lambda k: busy[k]) if rated else None
     verdict = (f"limited by {WHAT[top]}, {busy[top] * 100:.0f} % busy in the busy phase" if top
                else "no resource measured")
+    if top and busy[top] < LIGHT:
+        verdict += f" (a light load: no rate resource is {LIGHT * 100:.0f} % busy)"
     waited = [f"{WHAT[k]}, {busy[k] * 100:.0f} % full in the busy phase ({v * 100:.0f} % of TTFT)"
               for k, v in occ["waits"].items() if v >= WAIT_SHARE]
     if not waited and wait["alloc_s"] >= WAIT_SHARE:

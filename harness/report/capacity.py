@@ -32,7 +32,7 @@ def capacity_lines(run) -> list[str]:
         above = mine[(~mine["passed"].astype(bool)) & (mine["rate_aps"] > (cap or 0))] if len(mine) else mine
         stop = f"; the next probe ({above['rate_aps'].iloc[0]:g} agents/s) failed: {above['reason'].iloc[0]}" \
             if len(above) else ""
-        out.append(f"- **{label}**: capacity {cap:g} agents/s within {targets or 'the SLO'}{stop}" if cap
+        out.append(f"- **{label}**: capacity {cap:.3g} agents/s within {targets or 'the SLO'}{stop}" if cap
                    else f"- **{label}**: no probed rate met {targets or 'the SLO'}{stop}")
     for pair, ratio in (run.summary.get("capacity_ratio") or {}).items():
         out.append(f"- capacity {pair}: {ratio:.2f}x")
@@ -66,7 +66,7 @@ def capacity_figure(runs, colours, key: str, name: str, paper: str):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(ScalarFormatter())
-        ax.tick_params(axis="y", which="minor", labelsize=8)
+        ax.tick_params(axis="y", which="both", labelsize=8)
     ax.set(xlabel="agent arrival rate (agents/s)", ylabel=f"mean {name} (s{', log scale' if key == 'ttft_s' else ''})",
            title=f"{name} against agent rate (paper {paper}); o within the SLO, x not")
     ax.legend(fontsize=8)
