@@ -277,7 +277,7 @@ def limited_line(system: str, summary: Mapping) -> str | None:
     if b.get("resource") == "server_queue":
         return f"{system}: server queued requests in {b['busy_share'] * 100:.0f} % of scrapes (busy phase)"
     if not b.get("resource") or b.get("busy_share") is None:
-        return f"{system}: not attributable ({b.get('verdict', '')})" if b.get("verdict") else None
+        return None  # nothing attributable (a server without scraped gauges): summary.json says why
     return f"{system}: limited by {b['resource']}, {b['busy_share'] * 100:.0f} % busy"
 
 
