@@ -130,11 +130,10 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             driver = facts.get("driver") or {}
             complete = not driver or (not driver.get("aborted") and not driver.get("requests_failed")
                                       and driver.get("requests_sent") == rounds)
-            if scenario["backend"] == "sim":
-                from harness.attribution import attribute
-                frames = writer.frames()
-                facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
-                                       frames["engines"]))
+            from harness.attribution import attribute  # every backend (http: from its scraped metrics)
+            frames = writer.frames()
+            facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
+                                   frames["engines"], system))
             summary = writer.end_system(facts, complete=complete)
             for warning in summary.get("warnings", []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)

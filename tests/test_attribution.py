@@ -78,3 +78,79 @@ def test_attribution_from_a_loaded_results_directory_matches_the_summary(cli, tm
     again = A.attribute_results(load_results(tmp_path / "r40"))
     for system, got in again.items():
         assert got["bottleneck"] == summary["systems"][system]["bottleneck"]
+
+
+def one_request(**kw) -> pd.DataFrame:
+    row = {"t_sent": 0.0, "t_scheduled": 0.0, "queue_s": 1.0, "alloc_s": 0.0, "read_s": 2.0, "prefill_s": 3.0,
+           "kv_transfer_s": 1.0, "t_first_token": 6.0, "t_done": 10.0, "prompt_tokens": 100, "cached_tokens": 50,
+           "output_tokens": 10, "read_side": "pe", "status": "ok"}
+    return pd.DataFrame([{**row, **kw}])
+
+
+def test_holdings_of_a_known_request_give_known_occupancy():
+    from harness.occupancy import holdings, mean_held
+    # read 1-3 s, first token at 6 s, decoding from 7 s, done at 10 s; 2 bytes of KV per token
+    basic = holdings(one_request(), "basic", 2.0)
+    assert mean_held(basic["pe_hbm"], 0, 10) == pytest.approx(200 * 4 / 10)  # prompt KV from read done to decode
+    assert mean_held(basic["dram_buffer"], 0, 10) == pytest.approx((100 * 2 + 200 * 1) / 10)  # PE read, DE buffer
+    assert mean_held(basic["de_hbm"], 0, 10) == pytest.approx(220 * 9 / 10)
+    layer = holdings(one_request(), "layerwise", 2.0)
+    assert not len(layer["pe_hbm"][0])  # layer-wise prefill holds one layer's KV in HBM: not counted
+    assert mean_held(layer["dram_buffer"], 0, 10) == pytest.approx((100 * 5 + 200 * 4) / 10)
+    de_side = holdings(one_request(read_side="de"), "dualpath", 2.0)
+    assert mean_held(de_side["dram_buffer"], 0, 10) == pytest.approx(200 * 6 / 10)  # whole prompt, read to decode
+    oracle = holdings(one_request(), "oracle", 2.0)
+    assert not len(oracle["dram_buffer"][0]) and mean_held(oracle["de_hbm"], 0, 10) > 0
+    assert mean_held(basic["pe_hbm"], 3, 5) == pytest.approx(200)  # a window inside the holding: all of it
+
+
+def test_a_tiny_staging_buffer_is_named_in_the_verdict(cli, tmp_path):
+    out = tmp_path / "buf"
+    res = cli("run", SCENARIO, *SMALL, "--set", "cluster.dram_buffer_gb=0.3", "-o", out)
+    assert res.rc == 0, res.err
+    dual = json.loads((out / "summary.json").read_text())["systems"]["dualpath"]
+    assert dual["utilisation"]["wait_dram_buffer"] >= A.WAIT_SHARE > dual["utilisation"]["wait_pe_hbm"]
+    assert "waited on the DRAM staging buffers (dram_buffer)" in dual["bottleneck"]["verdict"]
+    for key in A.CAPACITY_RESOURCES:
+        assert 0 <= dual["utilisation"][key] <= 1 and 0 <= dual["utilisation_whole_run"][key] <= 1
+
+
+def test_default_buffers_are_not_named(cli, tmp_path):
+    _, summary = run(cli, tmp_path, 400)
+    for system in summary["systems"].values():
+        assert "staging buffers" not in system["bottleneck"]["verdict"]
+        assert system["utilisation"]["wait_dram_buffer"] < A.WAIT_SHARE
+
+
+def test_http_attribution_says_what_the_scraped_gauges_allow():
+    requests = pd.DataFrame({"t_scheduled": [0.0, 1.0], "t_done": [4.0, 5.0]})
+    engines = pd.DataFrame({"t": [0.5, 1.5, 2.5, 3.5], "engine": ["srv"] * 4, "role": ["server"] * 4,
+                            "batch_requests": [2, 4, 4, 1], "queued_tokens": [0, 3, 2, 0]})
+    out = A.attribute({"backend": "http"}, requests, None, None, engines, "vllm")
+    assert out["utilisation"]["server_queue"] == pytest.approx(0.5)
+    assert out["bottleneck"]["resource"] == "server_queue"
+    assert "not attributable" in out["bottleneck"]["verdict"]
+    assert "snic_pe" not in out["utilisation"]  # no line rate or storage NIC is known for a real server
+    bare = A.attribute({"backend": "http"}, requests, None, None, None, "vllm")
+    assert bare["bottleneck"]["resource"] is None and "prometheus" in bare["bottleneck"]["verdict"]
+    assert A.limited_line("vllm", out) == "vllm: server queued requests in 50 % of scrapes (busy phase)"
+
+
+def test_pooled_repeats_that_disagree_keep_a_bottleneck():
+    summary = {"bottleneck": {"resource": None, "busy_share": 0.5, "verdict": None},
+               "utilisation": {k: 0.1 for k in A.RATE_RESOURCES} | {"snic_pe": 0.7},
+               "repeats": [{"bottleneck": {"resource": "snic_pe"}}, {"bottleneck": {"resource": "pe_compute"}}]}
+    b = A.bottleneck_of(summary)
+    assert b["resource"] == "snic_pe" and "mean of 2 repeats" in b["verdict"] and "pe_compute" in b["verdict"]
+    assert A.limited_line("basic", summary) == "basic: limited by snic_pe, 70 % busy"
+
+
+def test_admission_replay_waits_for_room_first_come_first_served():
+    import numpy as np
+    from harness.occupancy import admit
+    lo, hi, end = np.array([0.0, 1.0, 1.5]), np.array([10.0, 10.0, 2.0]), np.array([5.0, 8.0, 9.0])
+    nbytes, key = np.array([60.0, 60.0, 60.0]), np.array(["p0.0"] * 3, dtype=object)
+    at = admit(lo, hi, end, nbytes, key, 100.0, np.zeros(3, bool))
+    assert list(at) == [0.0, 5.0, 2.0]  # the second waits for the first; the third is admitted by its span end (2 s)
+    other = admit(lo, hi, end, nbytes, np.array(["p0.0", "p0.1", "p0.0"], dtype=object), 100.0, np.zeros(3, bool))
+    assert list(other) == [0.0, 1.0, 2.0]  # its own engine has room at once

@@ -71,3 +71,46 @@ def test_a_run_without_report_does_not_import_matplotlib(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={"DUALPATH_PROGRESS": "0", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_report_of_a_repeated_run_draws_one_repeat_over_time_and_pools_latencies(cli, tmp_path):
+    from harness.report import load_run
+    out = tmp_path / "rep"
+    res = cli("run", SCENARIO, *SMALL, "--repeats", "2", "-o", out)
+    assert res.rc == 0, res.err
+    assert "basic: limited by " in res.out and "None" not in res.out
+    run = load_run(out)
+    assert set(run.agents["repeat"]) == {0} and set(run.all_requests["repeat"]) == {0, 1}
+    assert len(run.all_requests) == 2 * len(run.requests)
+    assert run.attribution["basic"]["bottleneck"]["resource"]
+    rep = cli("report", out, "-o", tmp_path / "r")
+    assert rep.rc == 0, rep.err
+    assert len(list((tmp_path / "r" / "figures").glob("*.png"))) >= 8
+
+
+def capacity_dir(path: Path, name: str, caps: dict) -> Path:
+    import json
+    path.mkdir()
+    probes = {s: [{"rate_aps": r, "passed": r <= c, "reason": "within the SLO" if r <= c else "mean TTFT 9 s > 4 s",
+                   "requests": 100, "ttft_s": 0.5 + 4 * r / c, "tpot_s": 0.03 + 0.02 * r / c}
+                  for r in (c / 2, c, 2 * c)] for s, c in caps.items()}
+    summary = {"run_id": name, "status": "done", "capacity_ratio": {"dualpath/basic": caps["dualpath"] / caps["basic"]},
+               "capacity": {s: {"capacity_aps": c, "probes": probes[s]} for s, c in caps.items()},
+               "meta": {"scenario": {"name": name, "slo": {"ttft_s": 4.0, "tpot_s": 0.05}}}}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_capacity_results_give_ttft_and_tpot_against_rate_with_the_slo(cli, two_runs, tmp_path):
+    cap = capacity_dir(tmp_path / "cap", "online", {"basic": 0.2, "dualpath": 0.45})
+    res = cli("report", cap, two_runs[0], "-o", tmp_path / "out")
+    assert res.rc == 0, res.err
+    figures = {p.stem for p in (tmp_path / "out" / "figures").glob("*.png")}
+    assert {"capacity_ttft", "capacity_tpot", "jct"} <= figures
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**cap/basic**: capacity 0.2 agents/s within TTFT <= 4 s and TPOT <= 0.05 s" in md
+    assert "the next probe (0.4 agents/s) failed: mean TTFT 9 s > 4 s" in md
+    assert "capacity dualpath/basic: 2.25x" in md
+    alone = cli("report", cap)  # a capacity search alone: its two figures, no empty ones
+    assert alone.rc == 0, alone.err
+    assert {p.stem for p in (cap / "figures").glob("*.png")} == {"capacity_ttft", "capacity_tpot"}

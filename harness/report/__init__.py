@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import attribution
+from harness.report.capacity import capacity_lines
 from harness.results import load_results
 from traces.errors import InputError
 
@@ -26,6 +27,9 @@ class Run:
     engines: pd.DataFrame | None
     attribution: dict
     labels: dict = field(default_factory=dict)  # system -> label in figures
+    all_requests: pd.DataFrame | None = None     # every repeat's requests (latency CDFs pool them)
+    capacity: dict | None = None                 # a --capacity search: system -> {capacity_aps, probes}
+    capacity_labels: dict = field(default_factory=dict)
 
     @property
     def window_s(self) -> float:
@@ -38,27 +42,47 @@ def load_run(path: str | os.PathLike) -> Run:
         raise InputError("not a results directory (no summary.json)", path=str(p))
     res = load_results(p)
     summary = res.get("summary") or {}
+    if "capacity" in summary and "systems" not in summary:  # a --capacity search: its probes, no tables
+        return Run(p, summary, None, None, None, None, {}, capacity=summary["capacity"] or {})
     if "systems" not in summary:
-        raise InputError("summary.json has no `systems` (a --capacity run?): nothing to report yet",
+        raise InputError("summary.json has no `systems` and no `capacity`: nothing to report",
                          path=str(p / "summary.json"))
-    attr = {s: {k: v[k] for k in ("utilisation", "utilisation_whole_run", "bottleneck")}
+    attr = {s: {"utilisation": v.get("utilisation") or {}, "utilisation_whole_run": v.get("utilisation_whole_run") or {},
+                "bottleneck": attribution.bottleneck_of(v)}
             for s, v in summary["systems"].items() if v.get("bottleneck")}
-    if len(attr) < len(summary["systems"]):
-        attr = attribution.attribute_results(res)  # results written before attribution existed
-    return Run(p, summary, res.get("requests"), res.get("agents"), res.get("links"), res.get("engines"), attr)
+    sim = (summary.get("meta", {}).get("scenario") or {}).get("backend", "sim") == "sim"
+    if len(attr) < len(summary["systems"]) or (sim and any("de_hbm" not in a["utilisation"] for a in attr.values())):
+        attr = attribution.attribute_results(res)  # results written before (capacity) attribution existed
+    tables = {k: first_repeat(res.get(k)) for k in ("requests", "agents", "links", "engines")}
+    run = Run(p, summary, tables["requests"], tables["agents"], tables["links"], tables["engines"], attr)
+    run.all_requests = res.get("requests")
+    return run
+
+
+def first_repeat(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A repeated run's (--repeats) tables share one clock: figures over time show its first repeat."""
+    if df is None or "repeat" not in df or not len(df):
+        return df
+    return df[df["repeat"] == df["repeat"].min()]
 
 
 def load_runs(paths) -> list[Run]:
     runs = [load_run(p) for p in paths]
     many = len(runs) > 1
     for run in runs:
-        run.labels = {s: (f"{run.path.name}/{s}" if many else s) for s in run.summary["systems"]}
+        names = {s: (f"{run.path.name}/{s}" if many else s) for s in (run.capacity or run.summary["systems"])}
+        if run.capacity is None:
+            run.labels = names
+        else:
+            run.capacity_labels = names
     return runs
 
 
 def _fmt(v, unit="", digits=3):
     if v is None:
         return "-"
+    if abs(v) >= 10 ** digits:
+        return f"{v:,.0f}{unit}"
     return f"{v:.{digits}g}{unit}"
 
 
@@ -66,13 +90,27 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
     lines = ["# DualPath bench report", "", "## Verdicts", ""]
     for run in runs:
         for s, label in run.labels.items():
-            b = run.attribution[s]["bottleneck"]
-            lines.append(f"- **{label}**: {b['verdict']}")
+            b = run.attribution[s].get("bottleneck") or {}
+            lines.append(f"- **{label}**: {b.get('verdict', 'no attribution')}")
         merged = {s: {**run.summary["systems"][s], **run.attribution[s]} for s in run.labels}
         for line in attribution.ladder_lines(merged):
             lines.append(f"- {line}")
         lines.append(f"- {why(merged)}" if why(merged) else "")
-    lines += ["", "## Systems", "",
+        lines += capacity_lines(run)
+    if not any(run.labels for run in runs):
+        lines += [""]
+    else:
+        lines += systems_tables(runs)
+    lines += ["", "## Figures", ""]
+    for name, path in figures.items():
+        lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
+    lines += ["## Runs", ""] + [f"- `{run.path.name}`: scenario `{run.summary['meta']['scenario'].get('name')}`, "
+                                 f"status {run.summary.get('status')}" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def systems_tables(runs: list[Run]) -> list[str]:
+    lines = ["", "## Systems", "",
               "| system | requests | JCT (s) | TTFT p50 (s) | TTFT p99 (s) | TPOT p50 (s) | prompt tokens/s | bottleneck |",
               "|---|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -83,22 +121,27 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
                          f"{_fmt(lat.get('ttft_s', {}).get('p50'))} | {_fmt(lat.get('ttft_s', {}).get('p99'))} | "
                          f"{_fmt(lat.get('tpot_s', {}).get('p50'))} | "
                          f"{_fmt((m.get('throughput') or {}).get('prompt_tokens_per_s'), digits=4)} | "
-                         f"{run.attribution[s]['bottleneck']['resource']} |")
+                         f"{(run.attribution[s].get('bottleneck') or {}).get('resource') or '-'} |")
+    keys = attribution.RATE_RESOURCES + attribution.CAPACITY_RESOURCES
+    waits = ("queue_s", "alloc_s", "dram_buffer", "pe_hbm")
     lines += ["", "## Utilisation in the busy phase (%)", "",
-              "| system | " + " | ".join(attribution.RATE_RESOURCES) + " | queue_s / TTFT | alloc_s / TTFT |",
-              "|---|" + "---|" * (len(attribution.RATE_RESOURCES) + 2)]
+              "Rate resources: busy share; capacity resources (`pe_hbm`, `de_hbm`, `dram_buffer`): mean occupancy; "
+              "then the share of the mean TTFT requests waited on the queues, on any buffer (`alloc_s`), and on "
+              "each capacity resource (see the README on how occupancy is rebuilt from the requests table).", "",
+              "| system | " + " | ".join(keys) + " | " + " | ".join(f"wait {k}" for k in waits) + " |",
+              "|---|" + "---|" * (len(keys) + len(waits))]
     for run in runs:
         for s, label in run.labels.items():
-            u = run.attribution[s]["utilisation"]
-            cells = [f"{100 * u[k]:.0f}" for k in attribution.RATE_RESOURCES]
-            cells += [f"{100 * u.get(f'wait_{k}', 0):.0f}" for k in ("queue_s", "alloc_s")]
+            u = run.attribution[s].get("utilisation") or {}
+            cells = [f"{100 * u[k]:.0f}" if k in u else "-" for k in keys]
+            cells += [f"{100 * u[f'wait_{k}']:.0f}" if f"wait_{k}" in u else "-" for k in waits]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Figures", ""]
-    for name, path in figures.items():
-        lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
-    lines += ["## Runs", ""] + [f"- `{run.path.name}`: scenario `{run.summary['meta']['scenario'].get('name')}`, "
-                                 f"status {run.summary.get('status')}" for run in runs]
-    return "\n".join(lines) + "\n"
+        served = [s for s in run.labels if "server_queue" in (run.attribution[s].get("utilisation") or {})]
+        for s in served:
+            u = run.attribution[s]["utilisation"]
+            lines.append(f"\n{run.labels[s]} (a real server): queued requests in {100 * u['server_queue']:.0f} % "
+                         f"of scrapes, {u['server_running']:g} running on average.")
+    return lines
 
 
 def why(merged: dict) -> str | None:
@@ -121,7 +164,25 @@ def why(merged: dict) -> str | None:
         if ab and ad:
             src += (f"; dualpath balances prefill attention across engines (max/avg {ab:.2f} -> {ad:.2f}), "
                     "so less engine time is spent waiting for the slowest engine of a group")
+    steps = [(a, c) for a, c in zip([x for x in attribution.LADDER if x in merged],
+                                    [x for x in attribution.LADDER if x in merged][1:])
+             if merged[a].get("makespan_jct_s") and merged[c].get("makespan_jct_s")]
+    if len(steps) > 1 and "oracle" not in steps[-1]:
+        a, c = max(steps, key=lambda st: merged[st[0]]["makespan_jct_s"] / merged[st[1]]["makespan_jct_s"])
+        src += (f". Most of it comes at {c} over {a} ({merged[a]['makespan_jct_s'] / merged[c]['makespan_jct_s']:.2f}x), "
+                f"which adds {ADDS.get(c, c)}")
+    waited = [f"{k} ({100 * ub[f'wait_{k}']:.0f} % of basic's TTFT)" for k in ("pe_hbm", "dram_buffer")
+              if ub.get(f"wait_{k}", 0) >= attribution.WAIT_SHARE]
+    if waited:
+        src += f"; basic's requests also waited on {' and '.join(waited)}"
     return f"dualpath is {jb / jd:.2f}x basic on JCT; the gain comes from {src}."
+
+
+ADDS = {"layerwise": "layer-wise prefill (KV loaded layer by layer, no whole prompt in HBM)",
+        "dualpath-rr": "the decode-side read path (reads alternate between the sides)",
+        "dualpath": "the paper's scheduler (each read on the less loaded side, prefill balanced across GPUs) "
+                    "with the same two read paths",
+        "oracle": "free I/O"}
 
 
 def html_page(md_text: str, figures: dict[str, Path]) -> str:

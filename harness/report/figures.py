@@ -59,10 +59,10 @@ def waterfall(runs, colours):
         bottom = 0 if i == 0 else min(v, jct[i - 1])
         height = v if i == 0 else abs(jct[i - 1] - v)
         ax.bar(i, height, bottom=bottom, color=colours[label])
-        text = f"{v:.0f} s" if i == 0 else f"-{jct[i - 1] - v:.0f} s ({jct[i - 1] / v:.2f}x)"
+        text = f"{v:.0f} s" if i == 0 else f"{v:.0f} s\n{v - jct[i - 1]:+.0f} s, {jct[i - 1] / v:.2f}x"
         ax.text(i, bottom + height, text, ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(series)), [x[0] for x in series])
-    ax.set_ylim(0, max(jct) * 1.1)
+    ax.set_ylim(0, max(jct) * 1.15)
     ax.set(ylabel="job completion time (s)", title="What each rung of the ablation ladder buys (paper Fig. 12)")
     return fig
 
@@ -111,10 +111,12 @@ def snic_over_time(runs, colours):
         if not len(rx):
             return None
         w = (rx["t_end"] - rx["t_start"]).max()
-        g = rx.groupby(["t_start", "node"])["bytes"].sum().unstack(fill_value=0) / w / 1e9
+        nodes = sorted(links["node"].astype(str).unique())  # every node's SNIC, idle ones too (as snic_balance)
+        g = (rx.assign(node=rx["node"].astype(str)).groupby(["t_start", "node"])["bytes"].sum()
+             .unstack(fill_value=0).reindex(columns=nodes, fill_value=0) / w / 1e9)
         return pd.DataFrame({"t": g.index, "max": g.max(axis=1).to_numpy(), "avg": g.mean(axis=1).to_numpy()})
     return _over_time(runs, colours, per, "storage NIC read rate (GB/s)",
-                      "Storage NIC traffic across nodes, max and avg per window (paper Fig. 13)")
+                      "Storage NIC reads per node, max and avg over all nodes per window (paper Fig. 13)")
 
 
 def attention_over_time(runs, colours):
@@ -125,15 +127,24 @@ def attention_over_time(runs, colours):
         pre = eng[(eng["role"] == "prefill") & eng["attention_s"].notna()]
         if not len(pre):
             return None
+        keys = ["t", "group"] if "group" in pre else ["t"]
+        step = pre.groupby(keys)["attention_s"].agg(["max", "mean", "count"]).reset_index()
+        step = step[(step["count"] >= 2) & (step["mean"] > 0)]  # as metrics.attention_balance_per_step
+        if not len(step):
+            return None
         w = run.window_s
-        b = (pre["t"] // w) * w
-        g = pre.groupby([b, "engine"])["attention_s"].sum().unstack(fill_value=0)
-        return pd.DataFrame({"t": g.index, "max": g.max(axis=1).to_numpy(), "avg": g.mean(axis=1).to_numpy()})
-    return _over_time(runs, colours, per, "attention time per window (s)",
-                      "Prefill attention across engines, max and avg (paper Fig. 14)")
+        g = step.groupby((step["t"] // w) * w)[["max", "mean"]].mean() * 1e3
+        return pd.DataFrame({"t": g.index, "max": g["max"].to_numpy(), "avg": g["mean"].to_numpy()})
+    fig = _over_time(runs, colours, per, "attention time per prefill step (ms, log scale)",
+                     "Prefill attention per step, max and avg across the group's GPUs (paper Fig. 14)")
+    if fig is not None:
+        fig.axes[0].set_yscale("log")  # an imbalanced early phase spans decades above a balanced one
+    return fig
 
 
 def load_over_time(runs, colours):
+    if not _series(runs):
+        return None
     plt, _ = _plt()
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for label, s, run in _series(runs):
@@ -157,6 +168,7 @@ def load_over_time(runs, colours):
 
 def link_heatmap(runs, colours):
     plt, sns = _plt()
+    from matplotlib.ticker import MaxNLocator
     series = [x for x in _series(runs) if _pick(x[2].links, x[1]) is not None and len(_pick(x[2].links, x[1]))]
     if not series:
         return None
@@ -183,10 +195,14 @@ def link_heatmap(runs, colours):
                 continue
             nbins = min(grid.shape[1], 60)  # at most 60 time columns: windows averaged into bins
             cols = np.array_split(np.arange(grid.shape[1]), nbins)
-            binned = pd.DataFrame({f"{grid.columns[c_[0]]:.0f}": grid.iloc[:, c_].mean(axis=1) for c_ in cols})
+            binned = pd.DataFrame({i: grid.iloc[:, c_].mean(axis=1) for i, c_ in enumerate(cols)})
             sns.heatmap(binned, ax=ax, vmin=0, vmax=100, cmap="rocket_r", cbar=c == 2,
-                        cbar_kws={"label": "busy (%)"} if c == 2 else None, xticklabels=max(1, nbins // 6))
-            ax.tick_params(axis="x", labelrotation=0)
+                        cbar_kws={"label": "busy (%)"} if c == 2 else None, xticklabels=False)
+            starts = np.array([float(grid.columns[c_[0]]) for c_ in cols])
+            t_end = float(grid.columns[-1]) + w
+            edges = np.r_[starts, t_end]
+            nice = [t for t in MaxNLocator(5).tick_values(0, t_end) if edges[0] <= t <= t_end]
+            ax.set_xticks(np.interp(nice, edges, np.arange(len(edges))), [f"{t:g}" for t in nice], rotation=0)
             ax.set(xlabel="time (s)", ylabel=f"{label}\nnode" if c == 0 else "",
                    title=f"{kind} busy (%)" if r == 0 else "")
     fig.suptitle("Per-node link utilisation")
@@ -196,33 +212,45 @@ def link_heatmap(runs, colours):
 
 def utilisation_bars(runs, colours):
     plt, sns = _plt()
+    keys = attribution.RATE_RESOURCES + attribution.CAPACITY_RESOURCES
     rows = []
     for label, s, run in _series(runs):
-        u = run.attribution[s]["utilisation"]
-        rows += [(label, k, 100 * u[k]) for k in attribution.RATE_RESOURCES]
+        u = run.attribution[s].get("utilisation") or {}
+        rows += [(label, k, 100 * u[k]) for k in keys if k in u]
+    if not rows:
+        return None
     df = pd.DataFrame(rows, columns=["system", "resource", "busy"])
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    sns.barplot(df, x="resource", y="busy", hue="system", palette=colours, ax=ax)
+    order = [k for k in keys if k in set(df["resource"])]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    sns.barplot(df, x="resource", y="busy", hue="system", order=order, palette=colours, ax=ax)
     labels = list(dict.fromkeys(df["system"]))
     for container, label in zip(ax.containers, labels):
         s, run = next((s, run) for lb, s, run in _series(runs) if lb == label)
-        top = run.attribution[s]["bottleneck"]["resource"]
-        bar = container.patches[attribution.RATE_RESOURCES.index(top)]
+        top = run.attribution[s]["bottleneck"].get("resource")
+        if top not in order:
+            continue
+        bar = container.patches[order.index(top)]
         bar.set_edgecolor("black")
         bar.set_linewidth(2)
         ax.annotate("\u25bc", (bar.get_x() + bar.get_width() / 2, bar.get_height() + 1), ha="center",
                     va="bottom", fontsize=10)
-    ax.set(xlabel="", ylabel="busy in the busy phase (%)", ylim=(0, 115),
+    n_rate = sum(1 for k in order if k in attribution.RATE_RESOURCES)
+    if 0 < n_rate < len(order):
+        ax.axvline(n_rate - 0.5, color="grey", lw=1, ls="--")
+        ax.text(n_rate - 0.45, 108, "capacity: mean occupancy \u2192", fontsize=8, va="center")
+    ax.set(xlabel="", ylabel="busy / occupied in the busy phase (%)", ylim=(0, 115),
            title="Utilisation per resource (bottleneck outlined and marked \u25bc)")
     ax.legend(fontsize=8)
     return fig
 
 
 def latency_cdfs(runs, colours):
+    if not _series(runs):
+        return None
     plt, _ = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, s, run in _series(runs):
-        lat = metrics.request_latencies(_pick(run.requests, s))
+        lat = metrics.request_latencies(_pick(run.all_requests if run.all_requests is not None else run.requests, s))
         for ax, key in zip(axes, ("ttft_s", "tpot_s")):
             v = np.sort(lat[key][np.isfinite(lat[key])])
             if len(v):
@@ -244,6 +272,11 @@ FIGURES = {"jct": jct_bars, "ablation_waterfall": waterfall, "ttft_breakdown": t
            "latency_cdf": latency_cdfs}
 
 
+def _capacity_figures():
+    from harness.report.capacity import tpot_vs_rate, ttft_vs_rate
+    return {"capacity_ttft": ttft_vs_rate, "capacity_tpot": tpot_vs_rate}
+
+
 def palette(labels):
     _, sns = _plt()
     return dict(zip(labels, sns.color_palette("tab10", max(len(labels), 1))))
@@ -252,10 +285,12 @@ def palette(labels):
 def draw_all(runs, directory):
     """Write figures/NAME.png for each figure with something to draw; returns {name: path}."""
     plt, _ = _plt()
-    colours = palette([label for label, _, _ in _series(runs)])
+    labels = [label for label, _, _ in _series(runs)]
+    labels += [label for run in runs for label in run.capacity_labels.values() if label not in labels]
+    colours = palette(labels)
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, draw in FIGURES.items():
+    for name, draw in {**FIGURES, **_capacity_figures()}.items():
         fig = draw(runs, colours)
         if fig is None:
             continue
