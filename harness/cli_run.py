@@ -32,6 +32,8 @@ def register(sub) -> None:
                    "per repeat and pooled), for `dualpath gate`'s statistics on noisy backends (default 1)")
     r.add_argument("--report", action="store_true", help="then write report.md, report.html and figures/ "
                    "into the results directory (dualpath report)")
+    from harness import pool  # a scenario with sweep:/zip: runs every point (harness/cli_suite.py)
+    pool.add_arguments(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -71,6 +73,12 @@ def cmd_run(args) -> int:
     from harness.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
+    from harness.sweep import is_sweep
+    if is_sweep(scenario):
+        from harness.cli_suite import run_sweep
+        return run_sweep(args, scenario)
+    if getattr(args, "resume", False) or getattr(args, "executor", "process") != "process":
+        raise InputError("--resume and --executor are for scenarios with sweep: or zip:", field="--resume")
     backend = backend_module(scenario, args.scenario)
 
     made: list[Path] = []
@@ -153,6 +161,9 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
             if line:
                 print(line)
+        from harness.expected import compare, format_rows
+        if scenario.get("expected"):  # ours vs the paper's values the scenario carries
+            print("\n" + format_rows(compare(scenario["expected"], summary)))
     if getattr(args, "report", False):
         from harness.cli_report import write_report
         write_report([run_dir], run_dir)

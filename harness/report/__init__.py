@@ -93,7 +93,9 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
             cells = [f"{100 * u[k]:.0f}" for k in attribution.RATE_RESOURCES]
             cells += [f"{100 * u.get(f'wait_{k}', 0):.0f}" for k in ("queue_s", "alloc_s")]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Figures", ""]
+    from harness.report.paper import run_section
+    lines += [""] + run_section(runs)
+    lines += ["## Figures", ""]
     for name, path in figures.items():
         lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += ["## Runs", ""] + [f"- `{run.path.name}`: scenario `{run.summary['meta']['scenario'].get('name')}`, "
