@@ -319,5 +319,8 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
                       "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
         for k, v in summary.get("capacity_ratio", {}).items():
             print(f"capacity ratio {k}: {v:.2f}")
+        if scenario.get("expected"):  # ours vs the paper's values the scenario carries
+            from harness.expected import compare, format_rows
+            print("\n" + format_rows(compare(scenario["expected"], summary)))
         print(f"results: {run_dir}", file=sys.stderr)
     return 0

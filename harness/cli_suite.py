@@ -62,13 +62,19 @@ def run_sweep(args, scenario: dict) -> int:
     from harness.results import new_run_dir
     from harness.sweep import expand
 
+    _check_executor(args)
+    _, points = expand(args.scenario, args.overrides)
+    if len(points) == 1 and not points[0][1]:  # --set gave every swept key one value: a plain run
+        if args.resume:
+            raise InputError("--set leaves one point: --resume is for sweeps", field="--resume")
+        from harness.cli_run import cmd_run
+        args.overrides, args.executor = points[0][2], "process"
+        return cmd_run(args)
     if args.capacity or args.repeats > 1 or args.json or args.report:
         flag = next(f for f, on in (("--capacity", args.capacity), ("--repeats", args.repeats > 1),
                                     ("--json", args.json), ("--report", args.report)) if on)
         raise InputError(f"{flag} is for one run; a sweep's points are in its index (run a point's results "
                          "directory for that)", field=flag)
-    _check_executor(args)
-    _, points = expand(args.scenario, args.overrides)
     if args.output:
         out = Path(args.output)
         _claim(out, args.resume, "a sweep")

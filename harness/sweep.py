@@ -98,14 +98,32 @@ def point_name(keys: dict) -> str:
     return "_".join(f"{n}={_text(v)}" for n, v in zip(names, keys.values())) or "default"
 
 
-def point_overrides(scenario: dict, keys: dict) -> list[str]:
-    """The `--set` strings that make a point: its keys, no sweep, and the expected entries that apply to it."""
+def point_overrides(scenario: dict, keys: dict, fixed: dict | None = None) -> list[str]:
+    """The `--set` strings that make a point: its keys, no sweep, and the expected entries that apply to it
+    (`fixed`: swept keys the user set with --set, which select entries as the point's keys do)."""
     from harness.expected import matches
 
+    chosen = {**(fixed or {}), **keys}
     expected = [{k: v for k, v in e.items() if k != "point"} for e in scenario.get("expected") or []
-                if matches(e.get("point") or {}, keys)]
+                if matches(e.get("point") or {}, chosen)]
     return ([f"{k}={json.dumps(v)}" for k, v in keys.items()] + ["sweep=null", "zip=null"]
             + [f"expected={json.dumps(expected) if expected else 'null'}"])
+
+
+def fixed_by_overrides(scenario: dict, overrides: Sequence[str]) -> dict:
+    """Swept keys that `--set` gives one value: they leave the sweep (a zip: key leaves its list alone, the
+    others stay paired), so `--set trace.synth.agents=256` on a sweep over agents runs the one value."""
+    import yaml
+
+    fixed = {}
+    for raw in overrides:
+        key, _, text = raw.partition("=")
+        key = key.strip()
+        for block in ("sweep", "zip"):
+            if key in (scenario.get(block) or {}):
+                del scenario[block][key]
+                fixed[key] = yaml.safe_load(text) if text.strip() else None
+    return fixed
 
 
 def load_point(path: str, point: Sequence[str], keys: dict) -> dict:
@@ -120,9 +138,10 @@ def load_point(path: str, point: Sequence[str], keys: dict) -> dict:
         if exc.path != SET_SOURCE or key is None:
             raise
         _, origins = _compose(_read_text(path), path)
-        source = next((origins[f"{s}.{key}"] for s in ("sweep", "zip") if f"{s}.{key}" in origins), (path, None))
+        block = next((b for b in ("sweep", "zip") if f"{b}.{key}" in origins), None)
+        source = origins[f"{block}.{key}"] if block else (path, None)
         raise InputError(f"at point {point_name(keys)}: {exc.problem}", path=source[0], line=source[1],
-                         field=exc.field) from None
+                         field=f"{block}.{exc.field}" if block else exc.field) from None
 
 
 def expand(path: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tuple[str, dict, list[str]]]]:
@@ -130,9 +149,10 @@ def expand(path: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tuple[s
     from harness.scenario import load_scenario
 
     scenario = load_scenario(path, overrides)
+    fixed = fixed_by_overrides(scenario, overrides)
     out = []
     for keys in points(scenario):
-        point = list(overrides) + point_overrides(scenario, keys)
+        point = list(overrides) + point_overrides(scenario, keys, fixed)
         load_point(path, point, keys)
         out.append((point_name(keys), keys, point))
     names = [n for n, _, _ in out]
