@@ -117,8 +117,11 @@ def cmd_suite(args) -> int:
     names = [s["name"] for _, s, _ in loaded]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        f = loaded[names.index(dup, names.index(dup) + 1)][0]
-        raise InputError(f"another scenario of the suite is named {dup!r} too", path=str(f), field="name")
+        from harness.scenario import _compose, _read_text
+        f = str(loaded[names.index(dup, names.index(dup) + 1)][0])
+        line = _compose(_read_text(f), f)[1].get("name", (f, None))[1]
+        raise InputError(f"another scenario of the suite is named {dup!r} too (results go to OUT/<name>/)",
+                         path=f, line=line, field="name")
     _claim(out, args.resume, "a suite")
     tasks = [t for f, s, pts in loaded for t in tasks_for(str(f), [], out / s["name"], s, pts)]
     print(f"suite: {len(files)} scenarios, {len(tasks)} points, {args.jobs} at a time ({args.executor})",

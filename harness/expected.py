@@ -26,6 +26,7 @@ _RESOURCES = ("pe_compute", "de_compute", "snic_pe", "snic_de", "cnic", "dram")
 METRICS = sorted({
     "makespan_jct_s", "duration_s", "snic_balance", "snic_balance_p90", "attention_balance",
     "attention_balance_early", "hit_rate_achieved", "hit_rate_expected", "busy_phase_s", CAPACITY_METRIC,
+    "counts.agents", "counts.agents_done", "counts.rounds", "counts.requests.ok", "counts.requests.total",
     *(f"throughput.{k}" for k in ("requests_per_s", "prompt_tokens_per_s", "output_tokens_per_s", "agents_per_s")),
     *(f"latency.{lat}.{s}" for lat in _LATENCIES for s in _STATS),
     *(f"ttft_breakdown_share.{p}" for p in _PARTS if p != "kv_transfer_s"),
@@ -67,7 +68,8 @@ class ExpectedList:
                          "(a dotted path into a system's summary: makespan_jct_s, latency.ttft_s.p50, "
                          "throughput.prompt_tokens_per_s, snic_balance, capacity_aps, ...)")
             if not _number(entry["value"]) or entry["value"] <= 0:
-                ctx.fail(f"{k}.value", f"must be a number > 0, got {entry['value']!r}")
+                from harness.scenario import _number_text_hint
+                ctx.fail(f"{k}.value", f"must be a number > 0, got {entry['value']!r}{_number_text_hint(entry['value'])}")
             tol = entry.get("tolerance", DEFAULT_TOLERANCE)
             if not _number(tol) or not 0 < tol < 10:
                 ctx.fail(f"{k}.tolerance", f"must be a share in (0, 10), e.g. 0.1 for 10 %, got {tol!r}")

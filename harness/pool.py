@@ -252,8 +252,10 @@ def report_exit(counts: dict, frame: pd.DataFrame, index_path: Path) -> int:
     for _, row in failed.iterrows():
         print(f"error: point {row['scenario']}/{row['point']}: {row['error']} (log: {row['path']}/run.log)",
               file=sys.stderr)
-    print(f"points: {counts['points']} ({counts['ran']} run, {counts['skipped']} already finished, "
-          f"{len(failed)} failed); index: {index_path}", file=sys.stderr)
+    now = int(((by_point["status"] == "ok").sum() if len(frame) else 0)) - counts["skipped"]
+    left = counts["points"] - now - counts["skipped"] - len(failed)
+    print(f"points: {counts['points']} ({now} finished now, {counts['skipped']} already finished, "
+          f"{len(failed)} failed{f', {left} left' if left else ''}); index: {index_path}", file=sys.stderr)
     if counts["interrupted"]:
         print("dualpath: interrupted: kept every finished point; --resume runs the rest", file=sys.stderr)
         return 130

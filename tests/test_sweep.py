@@ -128,7 +128,7 @@ def test_a_sweep_runs_every_point_into_its_directory_with_an_index_and_ours_vs_e
     again = cli("run", scenario(tmp_path), "-o", out)
     assert again.rc == 2 and "--resume" in again.err
     resumed = cli("run", scenario(tmp_path), "-o", out, "--resume")
-    assert resumed.rc == 0 and "(0 run, 8 already finished, 0 failed)" in resumed.err
+    assert resumed.rc == 0 and "(0 finished now, 8 already finished, 0 failed)" in resumed.err
 
 
 def test_a_failed_point_is_recorded_and_the_others_run(cli, tmp_path):
@@ -173,11 +173,11 @@ def test_resume_after_ctrl_c_runs_only_the_points_left(tmp_path):
     done = int((first["status"] == "ok").sum())
     assert done >= 1
     if proc.returncode == 130:
-        assert "--resume runs the rest" in err
+        assert "--resume runs the rest" in err and f"({done} finished now, 0 already finished, 0 failed, " in err
         assert set(first["status"]) <= {"ok", "interrupted", "not run"}
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"({6 - done} run, {done} already finished, 0 failed)" in r.stderr
+    assert f"({6 - done} finished now, {done} already finished, 0 failed)" in r.stderr
     assert set(index(out)["status"]) == {"ok"}
 
 
