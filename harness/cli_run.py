@@ -77,8 +77,11 @@ def cmd_run(args) -> int:
     if is_sweep(scenario):
         from harness.cli_suite import run_sweep
         return run_sweep(args, scenario)
-    if getattr(args, "resume", False) or getattr(args, "executor", "process") != "process":
-        raise InputError("--resume and --executor are for scenarios with sweep: or zip:", field="--resume")
+    for flag, on in (("--resume", getattr(args, "resume", False)),
+                     ("--executor", getattr(args, "executor", "process") != "process"),
+                     ("--ray-address", getattr(args, "ray_address", None))):
+        if on:
+            raise InputError(f"{flag} is for scenarios with sweep: or zip: (this one has neither)", field=flag)
     backend = backend_module(scenario, args.scenario)
 
     made: list[Path] = []

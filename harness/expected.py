@@ -56,7 +56,8 @@ class ExpectedList:
                 ctx.fail(k, "must be a mapping {figure, system, metric, value, ...}")
             for name in entry:
                 if name not in FIELDS:
-                    ctx.fail(f"{k}.{name}", f"unknown key{did_you_mean(str(name), FIELDS)} (allowed: {', '.join(FIELDS)})")
+                    ctx.fail(f"{k}.{name}",
+                             f"unknown key{did_you_mean(str(name), FIELDS)} (allowed: {', '.join(FIELDS)})")
             for name in ("figure", "system", "metric", "value"):
                 if entry.get(name) is None:
                     ctx.fail(f"{k}.{name}", "required")
@@ -69,7 +70,8 @@ class ExpectedList:
                          "throughput.prompt_tokens_per_s, snic_balance, capacity_aps, ...)")
             if not _number(entry["value"]) or entry["value"] <= 0:
                 from harness.scenario import _number_text_hint
-                ctx.fail(f"{k}.value", f"must be a number > 0, got {entry['value']!r}{_number_text_hint(entry['value'])}")
+                hint = _number_text_hint(entry["value"])
+                ctx.fail(f"{k}.value", f"must be a number > 0, got {entry['value']!r}{hint}")
             tol = entry.get("tolerance", DEFAULT_TOLERANCE)
             if not _number(tol) or not 0 < tol < 10:
                 ctx.fail(f"{k}.tolerance", f"must be a share in (0, 10), e.g. 0.1 for 10 %, got {tol!r}")

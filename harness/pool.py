@@ -211,11 +211,12 @@ def _run_ray(todo, jobs, address, record, advance) -> None:
         return
     started = not ray.is_initialized()
     if started:
+        import logging
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"DUALPATH_PROGRESS": "0"}})
+            ray.init(num_cpus=jobs, include_dashboard=False, **quiet)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
     queue, running = list(todo), {}
     try:

@@ -33,7 +33,8 @@ class SweepKeys:
         from harness import scenario as sc
 
         if not isinstance(value, dict) or not value:
-            ctx.fail(key, f"must be a mapping of key.path to a list of values, e.g. {{trace.synth.agents: [512, 1024]}}")
+            ctx.fail(key, "must be a mapping of key.path to a list of values, "
+                     "e.g. {trace.synth.agents: [512, 1024]}")
         seen = getattr(ctx, "point_keys", None)
         if seen is None:
             seen = ctx.point_keys = {}

@@ -56,7 +56,8 @@ def write_suite_report(out: Path, frame, rows: list[dict]) -> Path:
         points = frame.drop_duplicates("path")
         counts = points["status"].value_counts().to_dict()
         lines += [f"{len(points)} points in {frame['scenario'].nunique()} scenarios: "
-                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f". Index: `{out.name}/index.parquet`.", ""]
+                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                  + f". Index: `{out.name}/index.parquet`.", ""]
         failed = points[points["status"] != "ok"]
         lines += [f"- `{r['scenario']}/{r['point']}`: {r['status']} {r['error'] or ''}".rstrip()
                   for r in failed.to_dict("records")]
