@@ -34,9 +34,23 @@ def register(sub) -> None:
 
 
 def tasks_for(path: str, overrides, root: Path, scenario: dict, points) -> list[dict]:
-    from harness.sweep import needs_capacity
+    from harness.sweep import load_point, needs_capacity
+    capacity = needs_capacity(scenario)
     return [{"scenario": scenario["name"], "point": name, "keys": keys, "path": str(path), "overrides": point,
-             "dir": str(root / name), "capacity": needs_capacity(scenario)} for name, keys, point in points]
+             "dir": str(root / name), "capacity": capacity, "cost": cost(load_point(str(path), point, keys), capacity)}
+            for name, keys, point in points]
+
+
+def cost(point: dict, capacity: bool) -> float:
+    """A point's rough size (simulated requests x systems; a capacity search as ~20 runs): the pool starts
+    the largest first, so a long point does not start last and leave the other workers idle."""
+    from traces.presets import PRESETS
+
+    synth = point["trace"].get("synth")
+    if synth is None:
+        return 0.0
+    turns = synth.get("turns_mean", PRESETS[synth["preset"]].turns_mean)
+    return float(synth["agents"]) * turns * len(point["systems"]) * (20 if capacity else 1)
 
 
 def _claim(out: Path, resume: bool, what: str) -> None:

@@ -2,7 +2,7 @@
 into its own results directory, and keep `index.parquet` (one row per point and system) up to date after
 every point, so an interrupted run keeps what finished and `--resume` runs only the points left.
 
-A point is a task: {scenario, point, keys, path, overrides, dir, capacity}. It runs `dualpath run` in a
+A point is a task: {scenario, point, keys, path, overrides, dir, capacity, cost}. It runs `dualpath run` in a
 worker (harness/cli_run.py's cmd_run, output in DIR/run.log); a point that fails is a row with its status
 and error, and the others go on. Ray is the field's scheduler for this; we build none of our own.
 """
@@ -135,6 +135,7 @@ def run_all(tasks: list[dict], index_path: Path, jobs: int, executor: str, ray_a
             done_rows[t["dir"]] = rows_for(t, "ok")
         else:
             todo.append(t)
+    todo.sort(key=lambda t: -t.get("cost", 0.0))  # the largest first (the index keeps the tasks' order)
     counts = {"points": len(tasks), "skipped": len(done_rows), "ran": 0}
     order = [t["dir"] for t in tasks]
 
