@@ -181,13 +181,32 @@ def test_resume_after_ctrl_c_runs_only_the_points_left(tmp_path):
     assert set(index(out)["status"]) == {"ok"}
 
 
+def ray_processes() -> set[int]:
+    """Pids of Ray's daemons (raylet, gcs_server) on this machine."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"raylet" in cmd or b"gcs_server" in cmd:
+                out.add(int(proc.name))
+    return out
+
+
 @pytest.mark.slow
 def test_ray_gives_the_numbers_the_process_pool_gives(cli, tmp_path):
     pytest.importorskip("ray")
+    before = ray_processes()
     path = scenario(tmp_path)
     a = cli("run", path, "-j", "2", "-o", tmp_path / "process")
     b = cli("run", path, "-j", "2", "--executor", "ray", "-o", tmp_path / "ray")
     assert a.rc == 0 and b.rc == 0, b.err
     x, y = (index(tmp_path / d).drop(columns=["path"]) for d in ("process", "ray"))
-    assert len(x) == 16
+    assert len(x) == 16 and set(x["status"]) == {"ok"}
     pd.testing.assert_frame_equal(x, y)
+    deadline = time.monotonic() + 30  # the local Ray the command started is stopped
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ray_processes() - before
