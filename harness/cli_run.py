@@ -166,7 +166,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
                 print(line)
         from harness.expected import compare, format_rows
         if scenario.get("expected"):  # ours vs the paper's values the scenario carries
-            print("\n" + format_rows(compare(scenario["expected"], summary)))
+            print("\n" + format_rows(compare(scenario["expected"], summary), changed=_user_set(args)))
     if getattr(args, "report", False):
         from harness.cli_report import write_report
         write_report([run_dir], run_dir)
@@ -174,6 +174,11 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         print(line, file=sys.stderr)
     print(f"results: {run_dir}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _user_set(args) -> bool:
+    """Whether the user's --set changed the scenario (a sweep point's own keys do not count)."""
+    return bool(getattr(args, "user_overrides", args.overrides))
 
 
 def run_failure(system: str, summary: dict, rounds: int, scenario: dict) -> str | None:
@@ -324,6 +329,6 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             print(f"capacity ratio {k}: {v:.2f}")
         if scenario.get("expected"):  # ours vs the paper's values the scenario carries
             from harness.expected import compare, format_rows
-            print("\n" + format_rows(compare(scenario["expected"], summary)))
+            print("\n" + format_rows(compare(scenario["expected"], summary), changed=_user_set(args)))
         print(f"results: {run_dir}", file=sys.stderr)
     return 0

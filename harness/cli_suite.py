@@ -33,11 +33,12 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_suite)
 
 
-def tasks_for(path: str, overrides, root: Path, scenario: dict, points) -> list[dict]:
+def tasks_for(path: str, user_overrides, root: Path, scenario: dict, points) -> list[dict]:
     from harness.sweep import load_point, needs_capacity
     capacity = needs_capacity(scenario)
     return [{"scenario": scenario["name"], "point": name, "keys": keys, "path": str(path), "overrides": point,
-             "dir": str(root / name), "capacity": capacity, "cost": cost(load_point(str(path), point, keys), capacity)}
+             "dir": str(root / name), "capacity": capacity, "cost": cost(load_point(str(path), point, keys), capacity),
+             "user_overrides": list(user_overrides)}
             for name, keys, point in points]
 
 
@@ -82,7 +83,7 @@ def run_sweep(args, scenario: dict) -> int:
         if args.resume:
             raise InputError("--set leaves one point: --resume is for sweeps", field="--resume")
         from harness.cli_run import cmd_run
-        args.overrides, args.executor = points[0][2], "process"
+        args.user_overrides, args.overrides, args.executor = args.overrides, points[0][2], "process"
         return cmd_run(args)
     if args.capacity or args.repeats > 1 or args.json or args.report:
         flag = next(f for f, on in (("--capacity", args.capacity), ("--repeats", args.repeats > 1),
@@ -96,7 +97,7 @@ def run_sweep(args, scenario: dict) -> int:
         if args.resume:
             raise InputError("--resume needs -o DIR (the sweep to finish)", field="--resume")
         out = new_run_dir(Path("results"), scenario["name"])
-    tasks = tasks_for(args.scenario, [], out, scenario, points)
+    tasks = tasks_for(args.scenario, args.overrides, out, scenario, points)
     frame, counts = pool.run_all(tasks, out / INDEX, args.jobs, args.executor, args.ray_address, args.resume)
     print_points(frame)
     print_expected(tasks)
@@ -137,7 +138,7 @@ def cmd_suite(args) -> int:
         raise InputError(f"another scenario of the suite is named {dup!r} too (results go to OUT/<name>/)",
                          path=f, line=line, field="name")
     _claim(out, args.resume, "a suite")
-    tasks = [t for f, s, pts in loaded for t in tasks_for(str(f), [], out / s["name"], s, pts)]
+    tasks = [t for f, s, pts in loaded for t in tasks_for(str(f), args.overrides, out / s["name"], s, pts)]
     print(f"suite: {len(files)} scenarios, {len(tasks)} points, {args.jobs} at a time ({args.executor})",
           file=sys.stderr)
     frame, counts = pool.run_all(tasks, out / INDEX, args.jobs, args.executor, args.ray_address, args.resume)
@@ -180,7 +181,7 @@ def print_expected(tasks: list[dict]) -> list[dict]:
 
     rows = expected_rows([(f"{t['scenario']}/{t['point']}", Path(t["dir"])) for t in tasks])
     from harness.expected import format_rows
-    text = format_rows(rows)
+    text = format_rows(rows, changed=any(t["user_overrides"] for t in tasks))
     if text:
         print()
         print(text)

@@ -139,8 +139,9 @@ def _g(v, digits=4) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
 
 
-def format_rows(rows: list[dict]) -> str:
-    """The ours-vs-expected table as text (after `dualpath run`'s table, and `dualpath suite`'s)."""
+def format_rows(rows: list[dict], changed: bool = False) -> str:
+    """The ours-vs-expected table as text (after `dualpath run`'s table, and `dualpath suite`'s);
+    `changed`: --set changed the scenario, so the paper's values may not apply."""
     if not rows:
         return ""
     runs = any(r["run"] for r in rows)
@@ -156,4 +157,6 @@ def format_rows(rows: list[dict]) -> str:
     misses = sum(r["verdict"] != "ok" for r in rows)
     lines.append(f"ours vs expected: {len(rows) - misses} ok, {misses} miss or missing, of {len(rows)} "
                  "(~ read off a figure)")
+    if changed:
+        lines.append("note: --set changed the scenario; the expected values are for the scenario as written")
     return "\n".join(lines)

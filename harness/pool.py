@@ -79,7 +79,8 @@ def run_point(task: dict) -> list[dict]:
     from harness import cli_run
 
     args = argparse.Namespace(scenario=task["path"], overrides=task["overrides"], output=str(run_dir),
-                              capacity=task["capacity"], json=False, repeats=1, report=False)
+                              capacity=task["capacity"], json=False, repeats=1, report=False,
+                              user_overrides=task.get("user_overrides", []))
     error = ""
     with open(run_dir / "run.log", "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -70,6 +70,7 @@ def test_the_paper_suite_runs_cut_down(cli, tmp_path):
             "--set", "trace.synth.agents=6", "--set", "trace.synth.preset=paper-32k", "-o", tmp_path / "out")
     assert r.rc == 0, r.err
     assert "Fig. 13" in r.out and "ours vs expected:" in r.out
+    assert "note: --set changed the scenario; the expected values are for the scenario as written" in r.out
     assert "Fig. 14" not in r.out  # its entries are for 512 and 1,024 agents, and --set made it 6
     frame = pd.read_parquet(tmp_path / "out" / "index.parquet")
     assert set(frame["scenario"]) == {"fig13-snic-balance", "fig14-attention-balance"} and set(frame["status"]) == {"ok"}

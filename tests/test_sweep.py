@@ -120,7 +120,7 @@ def test_a_sweep_runs_every_point_into_its_directory_with_an_index_and_ours_vs_e
     # the expected block: Fig. X only at the 4 points with 4 agents, Fig. Y at all 8
     assert sum("Fig. X" in line for line in r.out.splitlines()) == 4
     assert sum("Fig. Y" in line and "miss" in line for line in r.out.splitlines()) == 8
-    assert "ours vs expected:" in r.out
+    assert "ours vs expected:" in r.out and "note: --set" not in r.out
     # the points differ: agents and decode nodes change the JCT
     jct = frame[frame["system"] == "basic"].set_index("point")["jct_s"]
     assert jct.nunique() > 1
