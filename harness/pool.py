@@ -151,9 +151,9 @@ def run_all(tasks: list[dict], index_path: Path, jobs: int, executor: str, ray_a
             (_run_ray if executor == "ray" else _run_processes)(todo, jobs, ray_address, record, advance)
         except KeyboardInterrupt:
             interrupted = True
-    for t in tasks:  # the points not run (interrupted) are rows too, so the index says what is left
+    for t in tasks:  # the points never started are rows too, so the index says what is left
         if t["dir"] not in done_rows:
-            done_rows[t["dir"]] = rows_for(t, "interrupted" if interrupted else "not run")
+            done_rows[t["dir"]] = rows_for(t, "not run")
     frame = write_index([r for d in order for r in done_rows[d]], index_path)
     counts["interrupted"] = interrupted
     return frame, counts
@@ -218,7 +218,7 @@ def _run_ray(todo, jobs, address, record, advance) -> None:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=jobs, include_dashboard=False, **quiet)
+            ray.init(num_cpus=min(jobs, len(todo)), include_dashboard=False, **quiet)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
     queue, running = list(todo), {}
     try:
