@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Sequence
@@ -79,12 +80,13 @@ def is_sweep(scenario: dict) -> bool:
 def points(scenario: dict) -> list[dict]:
     """Every point's key values, in order: the cross product of `sweep:` times the rows of `zip:`."""
     sweep, zipped = scenario.get("sweep") or {}, scenario.get("zip") or {}
+    count = math.prod(len(v) for v in sweep.values()) * (len(next(iter(zipped.values()))) if zipped else 1)
+    if count > MAX_POINTS:
+        raise InputError(f"{count:,} points (at most {MAX_POINTS:,}); split the sweep",
+                         field="sweep" if sweep else "zip")
     crossed = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] if sweep else [{}]
     rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
-    out = [{**a, **b} for a in crossed for b in rows]
-    if len(out) > MAX_POINTS:
-        raise InputError(f"{len(out)} points (at most {MAX_POINTS}); split the sweep", field="sweep")
-    return out
+    return [{**a, **b} for a in crossed for b in rows]
 
 
 def _text(v) -> str:
@@ -151,8 +153,13 @@ def expand(path: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tuple[s
 
     scenario = load_scenario(path, overrides)
     fixed = fixed_by_overrides(scenario, overrides)
+    try:
+        every = points(scenario)
+    except InputError as exc:
+        from harness.scenario import _compose, _read_text
+        raise exc.at(path, _compose(_read_text(path), path)[1].get(exc.field, (path, None))[1]) from None
     out = []
-    for keys in points(scenario):
+    for keys in every:
         point = list(overrides) + point_overrides(scenario, keys, fixed)
         load_point(path, point, keys)
         out.append((point_name(keys), keys, point))
@@ -168,7 +175,3 @@ def needs_capacity(scenario: dict) -> bool:
     """A scenario whose expected values are capacities runs as `dualpath run --capacity`."""
     from harness.expected import CAPACITY_METRIC
     return any(e["metric"] == CAPACITY_METRIC for e in scenario.get("expected") or [])
-
-
-def points_dir(root: Path, point: str) -> Path:
-    return Path(root) / point

@@ -210,3 +210,11 @@ def test_ray_gives_the_numbers_the_process_pool_gives(cli, tmp_path):
     while ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not ray_processes() - before
+
+
+def test_too_many_points_is_one_line_before_any_point_is_built(cli, tmp_path):
+    values = ", ".join(str(i) for i in range(201))
+    path = scenario(tmp_path, f"sweep:\n  seed: [{values}]\n  trace.synth.seed: [{values}]")
+    r = cli("run", path, "-o", tmp_path / "out")
+    assert r.rc == 2 and r.err_lines == [f"{path}:8: sweep: 40,401 points (at most 10,000); split the sweep"]
+    assert not (tmp_path / "out").exists()
