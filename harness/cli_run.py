@@ -177,8 +177,10 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
 
 
 def _user_set(args) -> bool:
-    """Whether the user's --set changed the scenario (a sweep point's own keys do not count)."""
-    return bool(getattr(args, "user_overrides", args.overrides))
+    """Whether the user's --set changed the scenario (a sweep point's own keys do not count); unknown (a
+    caller such as `dualpath compare`, which changes the hardware) counts as changed."""
+    given = getattr(args, "user_overrides", getattr(args, "overrides", None))
+    return given is None or bool(given)
 
 
 def run_failure(system: str, summary: dict, rounds: int, scenario: dict) -> str | None:

@@ -144,7 +144,7 @@ def cmd_suite(args) -> int:
     frame, counts = pool.run_all(tasks, out / INDEX, args.jobs, args.executor, args.ray_address, args.resume)
     print_points(frame)
     rows = print_expected(tasks)
-    write_suite_report(out, frame, rows)
+    write_suite_report(out, frame, rows, args.overrides)
     print(f"report: {out / 'report.md'}", file=sys.stderr)
     return pool.report_exit(counts, frame, out / INDEX)
 

@@ -49,9 +49,12 @@ def run_section(runs) -> list[str]:
     return section(expected_rows([(run.path.name, run.path) for run in runs]))
 
 
-def write_suite_report(out: Path, frame, rows: list[dict]) -> Path:
+def write_suite_report(out: Path, frame, rows: list[dict], overrides=()) -> Path:
     """OUT/report.md of a suite: how the points went, then ours vs the paper."""
     lines = ["# DualPath bench: the paper suite", ""]
+    if overrides:
+        lines += ["Run with " + ", ".join(f"`--set {o}`" for o in overrides) + ": the paper's values are for "
+                  "the scenarios as written.", ""]
     if len(frame):
         points = frame.drop_duplicates("path")
         counts = points["status"].value_counts().to_dict()
