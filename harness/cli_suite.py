@@ -83,7 +83,8 @@ def run_sweep(args, scenario: dict) -> int:
         if args.resume:
             raise InputError("--set leaves one point: --resume is for sweeps", field="--resume")
         from harness.cli_run import cmd_run
-        args.user_overrides, args.overrides, args.executor = args.overrides, points[0][2], "process"
+        args.user_overrides = changes(scenario, args.overrides)
+        args.overrides, args.executor = points[0][2], "process"
         return cmd_run(args)
     if args.capacity or args.repeats > 1 or args.json or args.report:
         flag = next(f for f, on in (("--capacity", args.capacity), ("--repeats", args.repeats > 1),
@@ -102,6 +103,23 @@ def run_sweep(args, scenario: dict) -> int:
     print_points(frame)
     print_expected(tasks)
     return pool.report_exit(counts, frame, out / INDEX)
+
+
+def changes(scenario: dict, overrides) -> list[str]:
+    """The --set strings that change the scenario: not those that pick one of a swept key's own values."""
+    import yaml
+
+    swept = {**(scenario.get("sweep") or {}), **(scenario.get("zip") or {})}
+    out = []
+    for raw in overrides:
+        key, _, text = raw.partition("=")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if not (key.strip() in swept and value in swept[key.strip()]):
+            out.append(raw)
+    return out
 
 
 def scenario_files(directory: Path, only: list[str]) -> list[Path]:

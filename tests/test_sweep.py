@@ -145,10 +145,14 @@ def test_a_failed_point_is_recorded_and_the_others_run(cli, tmp_path):
 
 
 def test_set_on_a_swept_key_runs_that_one_value(cli, tmp_path):
-    out = tmp_path / "one"
-    r = cli("run", scenario(tmp_path, "sweep:\n  trace.synth.agents: [4, 8]"), "--set", "trace.synth.agents=5", "-o", out)
+    path = scenario(tmp_path, "sweep:\n  trace.synth.agents: [4, 8]\nexpected:\n  - {figure: F, system: basic, "
+                    "metric: counts.agents, value: 4, point: {trace.synth.agents: 4}}")
+    r = cli("run", path, "--set", "trace.synth.agents=5", "-o", tmp_path / "five")
     assert r.rc == 0, r.err
-    assert (out / "summary.json").is_file() and not (out / "index.parquet").exists()  # a plain run
+    assert (tmp_path / "five" / "summary.json").is_file() and not (tmp_path / "five" / "index.parquet").exists()
+    assert "ours vs expected" not in r.out  # the entry is for 4 agents
+    r = cli("run", path, "--set", "trace.synth.agents=4", "-o", tmp_path / "four")  # one of the sweep's points
+    assert r.rc == 0 and "ours vs expected: 1 ok" in r.out and "note: --set" not in r.out
 
 
 def test_resume_after_ctrl_c_runs_only_the_points_left(tmp_path):
