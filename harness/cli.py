@@ -49,6 +49,8 @@ def build_parser() -> Parser:
     cli_gate.register(sub)
     from harness import cli_report
     cli_report.register(sub)
+    from harness import cli_suite
+    cli_suite.register(sub)
     return parser
 
 

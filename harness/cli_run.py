@@ -32,6 +32,8 @@ def register(sub) -> None:
                    "per repeat and pooled), for `dualpath gate`'s statistics on noisy backends (default 1)")
     r.add_argument("--report", action="store_true", help="then write report.md, report.html and figures/ "
                    "into the results directory (dualpath report)")
+    from harness import pool  # a scenario with sweep:/zip: runs every point (harness/cli_suite.py)
+    pool.add_arguments(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -71,6 +73,15 @@ def cmd_run(args) -> int:
     from harness.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
+    from harness.sweep import is_sweep
+    if is_sweep(scenario):
+        from harness.cli_suite import run_sweep
+        return run_sweep(args, scenario)
+    for flag, on in (("--resume", getattr(args, "resume", False)),
+                     ("--executor", getattr(args, "executor", "process") != "process"),
+                     ("--ray-address", getattr(args, "ray_address", None))):
+        if on:
+            raise InputError(f"{flag} is for scenarios with sweep: or zip: (this one has neither)", field=flag)
     backend = backend_module(scenario, args.scenario)
 
     made: list[Path] = []
@@ -152,6 +163,9 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
             if line:
                 print(line)
+        from harness.expected import compare, format_rows
+        if scenario.get("expected"):  # ours vs the paper's values the scenario carries
+            print("\n" + format_rows(compare(scenario["expected"], summary), changed=_user_set(args)))
     if getattr(args, "report", False):
         from harness.cli_report import write_report
         write_report([run_dir], run_dir)
@@ -159,6 +173,13 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         print(line, file=sys.stderr)
     print(f"results: {run_dir}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _user_set(args) -> bool:
+    """Whether the user's --set changed the scenario (a sweep point's own keys do not count); unknown (a
+    caller such as `dualpath compare`, which changes the hardware) counts as changed."""
+    given = getattr(args, "user_overrides", getattr(args, "overrides", None))
+    return given is None or bool(given)
 
 
 def run_failure(system: str, summary: dict, rounds: int, scenario: dict) -> str | None:
@@ -307,5 +328,8 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
                       "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
         for k, v in summary.get("capacity_ratio", {}).items():
             print(f"capacity ratio {k}: {v:.2f}")
+        if scenario.get("expected"):  # ours vs the paper's values the scenario carries
+            from harness.expected import compare, format_rows
+            print("\n" + format_rows(compare(scenario["expected"], summary), changed=_user_set(args)))
         print(f"results: {run_dir}", file=sys.stderr)
     return 0

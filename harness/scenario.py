@@ -651,3 +651,10 @@ def dump_scenario(resolved: dict, path: str | os.PathLike) -> None:
     """Write a resolved scenario as YAML (keys in schema order, so equal scenarios give equal files)."""
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False, allow_unicode=True)
     Path(path).write_text(text, encoding="utf-8")
+
+
+# ----- sweeps and expected values (harness/sweep.py, harness/expected.py own these keys) ---------------
+from harness.expected import EXPECTED_KIND  # noqa: E402 (they use the kinds above, lazily)
+from harness.sweep import SWEEP_KIND, ZIP_KIND  # noqa: E402
+
+SCHEMA.fields.update(sweep=SWEEP_KIND, zip=ZIP_KIND, expected=EXPECTED_KIND)

@@ -101,6 +101,8 @@ def markdown(runs: list[Run], figures: dict[str, Path], out_dir: Path) -> str:
         lines += [""]
     else:
         lines += systems_tables(runs)
+    from harness.report.paper import run_section
+    lines += [""] + run_section(runs)
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
         lines += [f"![{name}]({path.relative_to(out_dir).as_posix()})", ""]
