@@ -6,7 +6,7 @@ from pathlib import Path
 from engines.contract import BACKENDS, PLANNED_BACKENDS as UNAVAILABLE_BACKENDS
 from traces.io import FORMATS
 from traces.presets import PRESETS
-from traces.synth import SynthParams
+from traces.synth import MAX_AGENTS, SynthParams
 
 from harness.scenario.kinds import (Bool, FreeMapping, Int, ListOf, Mapping, Number, ScalarMapping, Str,
                                     _Kind)
@@ -24,9 +24,33 @@ URL_DOC = "an http:// or https:// URL"
 ENDPOINT_APIS = ("completions", "chat")  # POST {url}/v1/completions | {url}/v1/chat/completions
 PROMPT_FORMS = ("token_ids", "text")
 
+# Bounds on counts, sizes, rates and times: checked before anything runs, named in every message.
+MAX_NODES = 1_024            # per role: 8,192 GPUs of 8-GPU nodes (the paper's largest run is 48P96D)
+MAX_SEED = 2**63 - 1
+MAX_RATE_APS = 1e6           # agents per second
+MAX_TIME_S = 1e7             # any time in a scenario (~116 days)
+MAX_DRAM_GB = 1e5            # a node's staging buffer
+MAX_BLOCK_TOKENS = 1 << 20
+MAX_CONCURRENCY = 1_000_000
+MAX_PROBES = 1_000
+# `sim:` constants whose extreme values make a run unbounded (a rate of 1e-300) or meaningless: (low, high),
+# inclusive; a suffix rule covers every constant of that kind (engines/costmodel/constants.py).
+SIM_BOUNDS = {"_efficiency": (1e-3, 100.0), "_mfu": (1e-3, 1.0), "_s": (0.0, 3_600.0),
+              "_gb": (0.0, 10_000.0), "_bytes_s": (1e6, 1e15), "read_parallelism": (1, 4_096),
+              "kv_block_tokens": (1, MAX_BLOCK_TOKENS), "de_z_factor": (1e-3, 1e3)}
+SIM_MIN_POSITIVE_S = 1e-6    # a time the model divides by (compute_quota_s, ...) is at least 1 us
+
+
+def sim_bounds(name: str) -> tuple[float, float] | None:
+    """The (low, high) bound of a simulator constant, or None when it has none."""
+    if name in SIM_BOUNDS:
+        return SIM_BOUNDS[name]
+    return next((b for suffix, b in SIM_BOUNDS.items() if suffix.startswith("_") and name.endswith(suffix)), None)
+
 
 def _synth_fields() -> dict[str, _Kind]:
-    fields: dict[str, _Kind] = {"preset": Str(choices=tuple(PRESETS)), "agents": Int(1), "seed": Int(0)}
+    fields: dict[str, _Kind] = {"preset": Str(choices=tuple(PRESETS)), "agents": Int(1, MAX_AGENTS),
+                               "seed": Int(0, MAX_SEED)}
     for f in SynthParams.__dataclass_fields__.values():
         fields[f.name] = Number(integer=f.type in ("int", int))
     return fields
@@ -40,35 +64,38 @@ SCHEMA = Mapping({
         "synth": Mapping(_synth_fields(), required=("preset", "agents")),
         "path": Str(),
         "format": Str(choices=FORMATS),
-        "block_size": Int(1),
-        "agents": Int(1),
+        "block_size": Int(1, MAX_BLOCK_TOKENS),
+        "agents": Int(1, MAX_AGENTS),
     }),
     "model": Str(),
     "hardware": Str(),
-    "cluster": Mapping({"prefill_nodes": Int(1), "decode_nodes": Int(1), "prefill_group_nodes": Int(1),
-                        "decode_group_nodes": Int(1), "dram_buffer_gb": Number(gt=0)}),
+    "cluster": Mapping({"prefill_nodes": Int(1, MAX_NODES), "decode_nodes": Int(1, MAX_NODES),
+                        "prefill_group_nodes": Int(1, MAX_NODES), "decode_group_nodes": Int(1, MAX_NODES),
+                        "dram_buffer_gb": Number(gt=0, le=MAX_DRAM_GB)}),
     "systems": ListOf(Str(pattern=NAME_PATTERN, pattern_doc=f"a system name of {NAME_DOC}")),
-    "arrival": Mapping({"mode": Str(choices=ARRIVAL_MODES), "rate_aps": Number(gt=0), "shape": Number(gt=0),
-                        "time_scale": Number(gt=0), "seed": Int(0)}),
-    "slo": Mapping({"ttft_s": Number(gt=0), "tpot_s": Number(gt=0), "e2e_s": Number(gt=0),
-                    "percentile": Number(gt=0, lt=100)}),
-    "telemetry": Mapping({"window_s": Number(ge=MIN_WINDOW_S)}),
-    "seed": Int(0),
+    "arrival": Mapping({"mode": Str(choices=ARRIVAL_MODES), "rate_aps": Number(gt=0, le=MAX_RATE_APS),
+                        "shape": Number(ge=1e-3, le=1e3), "time_scale": Number(ge=1e-6, le=1e6),
+                        "seed": Int(0, MAX_SEED)}),
+    "slo": Mapping({"ttft_s": Number(gt=0, le=MAX_TIME_S), "tpot_s": Number(gt=0, le=MAX_TIME_S),
+                    "e2e_s": Number(gt=0, le=MAX_TIME_S), "percentile": Number(gt=0, lt=100)}),
+    "telemetry": Mapping({"window_s": Number(ge=MIN_WINDOW_S, le=MAX_TIME_S)}),
+    "seed": Int(0, MAX_SEED),
     "sim": ScalarMapping(),
     "endpoint": Mapping({"url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC), "model": Str(),
                          "api_key_env": Str(), "reset_url": Str(pattern=URL_PATTERN, pattern_doc=URL_DOC),
-                         "timeout_s": Number(gt=0), "ignore_eos": Bool(), "token_ids": Bool(),
+                         "timeout_s": Number(gt=0, le=MAX_TIME_S), "ignore_eos": Bool(), "token_ids": Bool(),
                          "prometheus": ListOf(Str(pattern=URL_PATTERN, pattern_doc=URL_DOC)),
                          "api": Str(choices=ENDPOINT_APIS), "prompt": Str(choices=PROMPT_FORMS),
                          "tokenizer": Str(), "headers": ScalarMapping(), "extra_body": FreeMapping(),
-                         "stall_timeout_s": Number(gt=0)},
+                         "stall_timeout_s": Number(gt=0, le=MAX_TIME_S)},
                         required=("url",)),
-    "max_concurrency": Int(1),
-    "abort": Mapping({"max_consecutive_failures": Int(1), "window_requests": Int(1),
+    "max_concurrency": Int(1, MAX_CONCURRENCY),
+    "abort": Mapping({"max_consecutive_failures": Int(1, MAX_AGENTS), "window_requests": Int(1, MAX_AGENTS),
                       "max_failure_share": Number(gt=0), "min_ok_share": Number(ge=0)}),
-    "capacity": Mapping({"rate_aps_start": Number(gt=0), "rate_aps_max": Number(gt=0),
-                         "tolerance": Number(gt=0), "warmup_s": Number(ge=0), "window_s": Number(gt=0),
-                         "max_probes": Int(1), "horizon_s": Number(gt=0), "lookback_s": Number(gt=0),
-                         "max_horizon_s": Number(gt=0)}),
+    "capacity": Mapping({"rate_aps_start": Number(gt=0, le=MAX_RATE_APS), "rate_aps_max": Number(gt=0, le=MAX_RATE_APS),
+                         "tolerance": Number(gt=0, le=1e3), "warmup_s": Number(ge=0, le=MAX_TIME_S),
+                         "window_s": Number(ge=MIN_WINDOW_S, le=MAX_TIME_S), "max_probes": Int(1, MAX_PROBES),
+                         "horizon_s": Number(gt=0, le=MAX_TIME_S), "lookback_s": Number(gt=0, le=MAX_TIME_S),
+                         "max_horizon_s": Number(gt=0, le=MAX_TIME_S)}),
 }, required=("name", "trace"))
 

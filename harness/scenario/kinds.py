@@ -37,18 +37,29 @@ class Str(_Kind):
         return value
 
 
+def _bound(b: float) -> str:
+    return f"{int(b):,}" if float(b).is_integer() and abs(b) < 1e15 else f"{b:g}"
+
+
 class Number(_Kind):
+    """A number (or integer) within bounds; the bounds are in every message about it."""
+
     def __init__(self, *, integer: bool = False, gt: float | None = None, ge: float | None = None,
-                 lt: float | None = None):
-        self.integer, self.gt, self.ge, self.lt = integer, gt, ge, lt
+                 lt: float | None = None, le: float | None = None):
+        self.integer, self.gt, self.ge, self.lt, self.le = integer, gt, ge, lt, le
         noun = "an integer" if integer else "a number"
-        bounds = [f"{op} {b:g}" for op, b in ((">", gt), (">=", ge), ("<", lt)) if b is not None]
-        self.what = f"{noun} in ({gt:g}, {lt:g})" if gt is not None and lt is not None else " ".join([noun, *bounds])
+        low = f"({_bound(gt)}" if gt is not None else f"[{_bound(ge)}" if ge is not None else None
+        high = f"{_bound(lt)})" if lt is not None else f"{_bound(le)}]" if le is not None else None
+        if low and high:
+            self.what = f"{noun} in {low}, {high}"
+        else:
+            bounds = [f"{op} {_bound(b)}" for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+            self.what = " ".join([noun, *bounds])
 
     def check(self, value, key, ctx):
         fits = isinstance(value, int) if self.integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not fits:
-            ctx.fail(key, f"must be {self.what}, got {_show(value)}{_number_text_hint(value)}")
+            ctx.fail(key, f"must be {self.what}, got {_show(value)}{_number_text_hint(value, self.integer)}")
         if not self.integer:
             try:
                 value = float(value)
@@ -57,13 +68,13 @@ class Number(_Kind):
             if not math.isfinite(value):
                 ctx.fail(key, f"must be {self.what}, got {value}")
         if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
-                or (self.lt is not None and not value < self.lt)):
-            ctx.fail(key, f"must be {self.what}, got {value}")
+                or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le)):
+            ctx.fail(key, f"must be {self.what}, got {_bound(value) if abs(value) < 1e15 else f'{value:.3g}'}")
         return value
 
 
-def Int(minimum: int | None = None) -> Number:  # noqa: N802 (reads like the other kinds)
-    return Number(integer=True, ge=minimum)
+def Int(minimum: int | None = None, maximum: int | None = None) -> Number:  # noqa: N802 (reads like the other kinds)
+    return Number(integer=True, ge=minimum, le=maximum)
 
 
 class Bool(_Kind):
@@ -162,14 +173,24 @@ def _show(value) -> str:
 _hint = did_you_mean
 
 
-def _number_text_hint(value) -> str:
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return ""
-        return " (YAML reads this as text: write 1.0e3 rather than 1e3)"
-    return ""
+def _number_text_hint(value, integer: bool = False) -> str:
+    """PyYAML (YAML 1.1) reads `1e12`, `1e-300` and `1.0e3` as text: a number needs a dot and a signed
+    exponent (`1.0e+12`). Say how to write the number meant."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    if integer and number.is_integer() and abs(number) < 1e30:
+        return f" (YAML reads {value.strip()} as text: write the whole number, {int(number)})"
+    mantissa, _, exponent = f"{number:.15g}".partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    suggested = f"{mantissa}e{'' if exponent[:1] in '+-' else '+'}{exponent}" if exponent else mantissa
+    return f" (YAML reads {value.strip()} as text: write {suggested})"
 
 
 class _Context:

@@ -7,10 +7,11 @@ from engines.contract import SYSTEMS
 from engines.costmodel.profiles import PROFILE_SUBDIRS, find_profile, looks_like_path as _looks_like_path
 from traces.errors import InputError
 from traces.presets import PRESETS
-from traces.synth import params_with
+from traces.synth import check_agents, params_with
 
-from harness.scenario.keys import ARRIVAL_MODES, DEFAULT_SYSTEMS, RATE_MODES, SCHEMA, SET_SOURCE
-from harness.scenario.kinds import _Context, _hint, _join
+from harness.scenario.keys import (ARRIVAL_MODES, DEFAULT_SYSTEMS, RATE_MODES, SCHEMA, SET_SOURCE,
+                                   SIM_MIN_POSITIVE_S, sim_bounds)
+from harness.scenario.kinds import _Context, _hint, _join, _number_text_hint
 
 
 def _absolute_if_path(value: str, base: Path, always: bool = False) -> str:
@@ -46,7 +47,7 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
         synth.setdefault("seed", s["seed"])
         params = {k: v for k, v in synth.items() if k not in ("preset", "agents", "seed")}
         try:
-            params_with(PRESETS[synth["preset"]], **params).validate()
+            check_agents(params_with(PRESETS[synth["preset"]], **params).validate(), synth["agents"])
         except InputError as exc:
             ctx.fail(_join("trace.synth", exc.field or ""), exc.problem)
     else:
@@ -71,6 +72,7 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
         for k in ("prefill_nodes", "decode_nodes"):
             if k not in s["cluster"]:
                 ctx.fail(f"cluster.{k}", f"required for backend {backend}")
+        _check_groups(s["cluster"], ctx)
 
     systems = s.setdefault("systems", list(DEFAULT_SYSTEMS[backend]))
     for i, name in enumerate(systems):
@@ -141,17 +143,44 @@ def _check_rules(s: dict, ctx: _Context, base_dir: Path, repo_root: Path | None)
     return {k: s[k] for k in SCHEMA.fields if k in s}  # schema order
 
 
+GROUP_DEFAULTS = {"prefill": 2, "decode": 4}  # engines/sim/run.py: min(nodes, default)
+
+
+def _check_groups(cluster: dict, ctx: _Context) -> None:
+    """An expert-parallel group spans whole nodes: its size is at most the node count and divides it."""
+    for role, default in GROUP_DEFAULTS.items():
+        nodes, key = cluster[f"{role}_nodes"], f"cluster.{role}_group_nodes"
+        given = key.split(".")[1] in cluster
+        size = cluster[key.split(".")[1]] if given else min(nodes, default)
+        divisors = ", ".join(str(d) for d in range(1, nodes + 1) if nodes % d == 0)
+        if size > nodes or nodes % size:
+            what = f"{size}" if given else f"{size} (the default)"
+            ctx.fail(key if given else f"cluster.{role}_nodes",
+                     f"a group of {what} nodes does not divide cluster.{role}_nodes ({nodes}): groups span whole "
+                     f"nodes (allowed group sizes: {divisors})")
+
+
 def _check_sim(sim: dict, ctx: _Context) -> None:
-    """Each `sim` key is a simulator constant with a value it takes (the same check the simulator makes)."""
-    from engines.costmodel.constants import SimConstants
+    """Each `sim` key is a simulator constant with a value it takes (the same check the simulator makes),
+    within the bound that keeps a run finite (keys.SIM_BOUNDS)."""
+    from engines.costmodel.constants import MAY_BE_ZERO, SimConstants
 
     for name, value in sim.items():
         try:
             SimConstants().with_overrides({name: value})
         except InputError as exc:
-            ctx.fail(exc.field or f"sim.{name}", exc.problem)
+            ctx.fail(exc.field or f"sim.{name}", exc.problem + _number_text_hint(value))
         except OverflowError:  # an integer of hundreds of digits
             ctx.fail(f"sim.{name}", "expected a number, got an integer too large for a number")
+        bounds = sim_bounds(name)
+        if bounds is None:
+            continue
+        low, high = bounds
+        if low == 0 and name not in MAY_BE_ZERO:
+            low = SIM_MIN_POSITIVE_S
+        if not low <= value <= high:
+            ctx.fail(f"sim.{name}", f"must be in [{low:g}, {high:g}] (values outside make a run unbounded or "
+                     f"meaningless), got {value:g}")
 
 
 def _check_capacity(capacity: dict, ctx: _Context) -> None:
