@@ -67,10 +67,18 @@ def backend_module(scenario: dict, path: str):
 
 
 def cmd_run(args) -> int:
-    from harness.results import new_run_dir
-    from harness.scenario import load_scenario
+    from harness.scenario import load_scenario, locate_error
 
     scenario = load_scenario(args.scenario, args.overrides)
+    try:
+        return _run_loaded(args, scenario)
+    except InputError as exc:  # a key's problem found after loading: blame its line (or --set)
+        raise locate_error(exc, args.scenario, args.overrides) from None
+
+
+def _run_loaded(args, scenario: dict) -> int:
+    from harness.results import new_run_dir
+
     backend = backend_module(scenario, args.scenario)
 
     made: list[Path] = []
@@ -102,12 +110,16 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     from harness.cli import emit_json
     from harness.progress import progress
     from harness.results import ResultsWriter
+    from harness.run_limits import RunLimitExceeded
     from harness.trace_input import scenario_trace
 
     with progress(None, "trace", unit="agent") as advance:
         trace = located(lambda: scenario_trace(scenario["trace"], progress=advance), scenario, args.scenario)
     start_s, not_before = schedule(scenario["arrival"], trace, int(scenario["seed"]))
-    backend.check({**scenario, "_path": args.scenario}, trace)
+    if scenario["backend"] == "sim":
+        backend.check({**scenario, "_path": args.scenario}, trace, start_s)
+    else:
+        backend.check({**scenario, "_path": args.scenario}, trace)
     rounds = trace.num_rounds
     run_dir = make_run_dir()
     failures: list[str] = []
@@ -120,9 +132,14 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             writer.begin_system(system, repeat)
             t0 = time.perf_counter()
             label = system if repeats == 1 else f"{system} #{repeat + 1}"
-            with progress(rounds, f"{label:<12}", unit="req") as advance:
-                facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
-                                           not_before, writer, advance)
+            try:
+                with progress(rounds, f"{label:<12}", unit="req") as advance:
+                    facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
+                                               not_before, writer, advance)
+            except RunLimitExceeded as exc:  # a bound no check could see in advance: keep what was measured
+                writer.close("aborted")
+                failures.append(f"error: {system}: {exc}; kept every row measured")
+                break
             wall = time.perf_counter() - t0
             facts["wall_s"] = wall
             if scenario["backend"] == "sim":

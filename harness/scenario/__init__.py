@@ -49,7 +49,8 @@ from harness.scenario.yaml_lines import CONSTRUCTOR_ERRORS, MAX_YAML_VALUES, _co
 __all__ = ["ARRIVAL_MODES", "Bool", "CONSTRUCTOR_ERRORS", "DEFAULT_SYSTEMS", "ENDPOINT_APIS", "FreeMapping", "Int",
            "ListOf", "MAX_YAML_VALUES", "MIN_WINDOW_S", "Mapping", "NAME_DOC", "NAME_PATTERN", "Number",
            "PROMPT_FORMS", "RATE_MODES", "REPO_ROOT", "SCHEMA", "SET_SOURCE", "SYSTEMS", "ScalarMapping", "Str",
-           "URL_DOC", "URL_PATTERN", "apply_overrides", "dump_scenario", "load_scenario", "resolve_profile"]
+           "URL_DOC", "URL_PATTERN", "apply_overrides", "dump_scenario", "load_scenario", "locate_error",
+           "resolve_profile"]
 
 
 # ----- profiles ----------------------------------------------------------------------------------
@@ -86,3 +87,24 @@ def dump_scenario(resolved: dict, path: str | os.PathLike) -> None:
     """Write a resolved scenario as YAML (keys in schema order, so equal scenarios give equal files)."""
     text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False, allow_unicode=True)
     Path(path).write_text(text, encoding="utf-8")
+
+
+def locate_error(exc: InputError, path: str | os.PathLike, overrides: Sequence[str] = ()) -> InputError:
+    """An error about a scenario key found after loading (by a backend, from the trace) at the key's line
+    in the file, or on `--set` when an override gave it; unchanged when it is located already."""
+    path = str(path)
+    if exc.line is not None or not exc.field or exc.path not in (None, path):
+        return exc
+    try:
+        data, origins = _compose(_read_text(path), path)
+        if isinstance(data, dict):
+            apply_overrides(data, origins, overrides)
+    except InputError:
+        return exc
+    key = exc.field
+    while key and key not in origins:
+        key = key[:max(key.rfind("."), key.rfind("["), 0)]
+    if not key:
+        return InputError(exc.problem, path=path, field=exc.field)
+    source, line = origins[key]
+    return InputError(exc.problem, path=source, line=line, field=exc.field)

@@ -26,7 +26,7 @@ PROMPT_FORMS = ("token_ids", "text")
 
 # Bounds on counts, sizes, rates and times: checked before anything runs, named in every message.
 MAX_NODES = 1_024            # per role: 8,192 GPUs of 8-GPU nodes (the paper's largest run is 48P96D)
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1           # numpy seeds
 MAX_RATE_APS = 1e6           # agents per second
 MAX_TIME_S = 1e7             # any time in a scenario (~116 days)
 MAX_DRAM_GB = 1e5            # a node's staging buffer

@@ -41,6 +41,12 @@ def _bound(b: float) -> str:
     return f"{int(b):,}" if float(b).is_integer() and abs(b) < 1e15 else f"{b:g}"
 
 
+def _shown(value: float) -> str:
+    if isinstance(value, int) and len(str(abs(value))) > 15:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return _bound(value) if abs(value) < 1e15 else f"{value:.3g}"
+
+
 class Number(_Kind):
     """A number (or integer) within bounds; the bounds are in every message about it."""
 
@@ -69,7 +75,7 @@ class Number(_Kind):
                 ctx.fail(key, f"must be {self.what}, got {value}")
         if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
                 or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le)):
-            ctx.fail(key, f"must be {self.what}, got {_bound(value) if abs(value) < 1e15 else f'{value:.3g}'}")
+            ctx.fail(key, f"must be {self.what}, got {_shown(value)}")
         return value
 
 
