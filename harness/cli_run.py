@@ -264,10 +264,17 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         table.to_csv(tmp, index=False)
         tmp.replace(run_dir / "capacity.csv")
         summary["status"] = status
+        for r in results.values():
+            r["capacity_kind"] = capacity.outcome(r["capacity_aps"], r["probes"], cfg)
         first, second = (list(results) + [None, None])[:2]
-        if second is not None and results[first]["capacity_aps"] and results[second]["capacity_aps"]:
-            summary["capacity_ratio"] = {f"{second}/{first}": results[second]["capacity_aps"] /
-                                         results[first]["capacity_aps"]}
+        summary.pop("capacity_ratio", None)
+        summary.pop("capacity_ratio_kind", None)
+        if second is not None:
+            value, kind = capacity.ratio(*((results[k]["capacity_aps"], results[k]["capacity_kind"])
+                                            for k in (first, second)))
+            if value is not None:
+                summary["capacity_ratio"] = {f"{second}/{first}": value}
+                summary["capacity_ratio_kind"] = kind
         write_json(run_dir / "summary.json", summary)
 
     def probe_for(system: str):
@@ -316,14 +323,20 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         for name, r in results.items():
-            cap = r["capacity_aps"]
-            print(f"{name:<12} capacity {'-' if cap is None else f'{cap:.3f}'} agents/s "
+            print(f"{name:<12} capacity {capacity.describe(r['capacity_aps'], r['capacity_kind'], cfg)} "
                   f"({len(r['probes'])} probes)")
             short = [p for p in r["probes"] if p["short_trace"]]
             if short:
                 print(f"{name:<12} note: the trace ran out of agents at {min(p['rate_aps'] for p in short):g} "
                       "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
+        kind = summary.get("capacity_ratio_kind")
         for k, v in summary.get("capacity_ratio", {}).items():
-            print(f"capacity ratio {k}: {v:.2f}")
+            sign = {"lower_bound": ">= ", "upper_bound": "<= ", "approximate": "~"}.get(kind, "")
+            note = {"lower_bound": " (a lower bound: the second system passed every probe)",
+                    "upper_bound": " (an upper bound: the first system passed every probe)",
+                    "approximate": " (approximate: a search did not converge)"}.get(kind, "")
+            print(f"capacity ratio {k}: {sign}{v:.2f}{note}")
+        if len(results) >= 2 and "capacity_ratio" not in summary:
+            print("capacity ratio: not known (both systems passed every probe, or one passed none)")
         print(f"results: {run_dir}", file=sys.stderr)
     return 0
