@@ -153,7 +153,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
                 facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
                                        frames["engines"]))
             summary = writer.end_system(facts, complete=complete)
-            for warning in summary.get("warnings", []):
+            for warning in summary.get("warnings", []) + list(driver.get("warnings") or []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
             failure = run_failure(system, summary, rounds, scenario)
             if failure:
