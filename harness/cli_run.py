@@ -13,6 +13,9 @@ from pathlib import Path
 from engines.contract import BACKENDS
 from traces.errors import InputError
 
+TABLE_LEGEND = ("(requests ok/total; JCT: until the last agent ends; SNIC bal: max/avg of storage-NIC read bytes over "
+                "nodes per telemetry window, 1 = even; attn bal: max/avg of attention time over a prefill group's "
+                "GPUs per step; hit: cached/prompt tokens)")
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
 
 
@@ -96,7 +99,7 @@ def _run_loaded(args, scenario: dict) -> int:
         return run_systems(args, scenario, backend, run_dir)
     except KeyboardInterrupt:  # the results writer has written the summary (status interrupted) and kept every row
         print(f"dualpath: {'terminated' if terminated else 'interrupted'}"
-              + (": kept every request measured" if made else ""), file=sys.stderr)
+              + (": kept every request measured" if made else " before anything was written"), file=sys.stderr)
         if made:
             print(f"results: {made[-1]}", file=sys.stderr)
         return 143 if terminated else 130
@@ -166,6 +169,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
+        print(TABLE_LEGEND)
         from harness.attribution import ladder_lines, limited_line
         for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
             if line:
