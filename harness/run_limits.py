@@ -92,8 +92,9 @@ class GuardedSink:
     """The results sink, stopping the run (RunLimitExceeded) once it has recorded MAX_WINDOWS telemetry windows
     (counted by the decode engines' rows: one per decode GPU per window)."""
 
-    def __init__(self, sink, decode_gpus: int, window_s: float, max_windows: int = MAX_WINDOWS):
-        self.sink, self.decode_gpus, self.window_s, self.max_windows = sink, max(1, decode_gpus), window_s, max_windows
+    def __init__(self, sink, decode_gpus: int, window_s: float, max_windows: int | None = None):
+        self.sink, self.decode_gpus, self.window_s = sink, max(1, decode_gpus), window_s
+        self.max_windows = MAX_WINDOWS if max_windows is None else max_windows
         self.decode_rows = 0
 
     def engines(self, batch) -> None:
