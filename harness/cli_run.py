@@ -244,6 +244,7 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     from harness.arrivals import agent_start_times
     from harness.cli import emit_json
     from harness.results import claim_run_dir, run_meta, write_json
+    from harness.run_limits import RunLimitExceeded
     from harness.trace_input import first_agents, scenario_trace
     from engines.sim import MemorySink
 
@@ -251,6 +252,11 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     if not slo.get("ttft_s") and not slo.get("tpot_s"):
         raise InputError("--capacity needs slo.ttft_s and/or slo.tpot_s", path=args.scenario, field="slo")
     cfg = capacity.settings(scenario)
+    from harness.run_limits import check_capacity
+    try:
+        check_capacity(scenario, cfg)
+    except InputError as exc:
+        raise exc.at(args.scenario) from None
     base_trace = None if "synth" in scenario["trace"] else located(lambda: scenario_trace(scenario["trace"]),
                                                                     scenario, args.scenario)
     if base_trace is not None:
@@ -317,6 +323,11 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             results[system] = {"capacity_aps": None, "probes": []}
             best, _ = capacity.search(probe_for(system), cfg, report=lambda p, s=system: report(s, p))
             results[system]["capacity_aps"] = best
+    except RunLimitExceeded as exc:  # a probe outran the telemetry bound: keep every probe finished
+        save("aborted")
+        print(f"error: {exc}; kept {sum(len(r['probes']) for r in results.values())} probe(s)", file=sys.stderr)
+        print(f"results: {run_dir}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         save("interrupted")
         print(f"interrupted: kept {sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}",

@@ -88,6 +88,21 @@ def check_run(scenario: dict, trace: Trace, start_s: np.ndarray | None = None) -
                              f"start; use at least {largest / 1e9:.2f}", field="cluster.dram_buffer_gb")
 
 
+def check_capacity(scenario: dict, cfg: dict) -> None:
+    """`--capacity`: a probe records up to max_horizon_s / window_s telemetry windows, and on a synthetic
+    trace draws rate_aps_max x max_horizon_s agents; both are bounded before the search starts."""
+    from traces.synth import MAX_AGENTS
+
+    window_s, longest, top = float(scenario["telemetry"]["window_s"]), float(cfg["max_horizon_s"]), float(cfg["rate_aps_max"])
+    if longest / window_s > MAX_WINDOWS:
+        raise InputError(f"a capacity probe of up to {longest:g} s (capacity.max_horizon_s) in {window_s:g} s windows "
+                         f"records {longest / window_s:,.0f} windows, above the bound of {MAX_WINDOWS:,}; use "
+                         f"telemetry.window_s >= {longest / MAX_WINDOWS:.3g}", field="telemetry.window_s")
+    if "synth" in scenario["trace"] and top * longest + 1 > MAX_AGENTS:
+        raise InputError(f"probes up to {top:g} agents/s for up to {longest:g} s synthesise {top * longest + 1:,.0f} "
+                         f"agents, above the bound of {MAX_AGENTS:,}", field="capacity.rate_aps_max")
+
+
 class GuardedSink:
     """The results sink, stopping the run (RunLimitExceeded) once it has recorded MAX_WINDOWS telemetry windows
     (counted by the decode engines' rows: one per decode GPU per window)."""
