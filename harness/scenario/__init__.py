@@ -17,6 +17,9 @@ Rules beyond the per-key types:
 - a key is a plain name (not a list or mapping); an alias may not contain itself; seeds are integers
   >= 0; `telemetry.window_s` is at least 1 ms; `sim` keys are the simulator's constants
   (engines/costmodel/constants.py), checked here so that a wrong one is blamed on its line or on `--set`;
+- every count, size, rate and time has a bound (keys.py, in the message); expert-parallel group sizes
+  divide their node counts; `sim` constants stay within keys.SIM_BOUNDS; bounds that need the trace (run
+  length, telemetry windows, memory) are harness/run_limits.py's, located here by `locate_error`;
 - `arrival.mode: trace` needs a trace with timestamps (a synthetic trace has none); `capacity`
   rates are checked against harness/capacity.py's defaults for the ones not given;
 - defaults filled: backend sim, systems [basic, dualpath] ([external] for http), arrival offline,
