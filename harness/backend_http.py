@@ -94,6 +94,8 @@ async def _run(cfg: DriverConfig, scenario: dict, trace: Trace, system: str, sta
             await session.close()
     if urls:
         facts["driver"]["prometheus_failures"] = scraper.failures
+        if scraper.warnings():
+            facts["driver"]["warnings"] = scraper.warnings()
     return facts
 
 

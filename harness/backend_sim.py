@@ -20,21 +20,32 @@ def _specs(scenario: dict):
         raise exc.at(scenario.get("_path")) from None
 
 
-def check(scenario: dict, trace: Trace) -> None:
-    """Before anything is written: every system of the scenario can run this trace on its cluster."""
+def check(scenario: dict, trace: Trace, start_s: np.ndarray | None = None) -> None:
+    """Before anything is written: every system of the scenario can run this trace on its cluster, and its
+    telemetry and records fit (harness/run_limits.py)."""
+    from harness.run_limits import check_run
+
     model, hardware, constants = _specs(scenario)
     for system in scenario["systems"]:
         try:
             check_fits(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants)
         except InputError as exc:
             raise exc.at(scenario.get("_path")) from None
+    try:
+        check_run(scenario, trace, start_s)
+    except InputError as exc:
+        raise exc.at(scenario.get("_path")) from None
 
 
 def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
                progress=None, until_s: float | None = None) -> dict:
+    from harness.run_limits import GuardedSink
+
     model, hardware, constants = _specs(scenario)
+    window_s = float(scenario["telemetry"]["window_s"])
+    sink = GuardedSink(sink, int(scenario["cluster"]["decode_nodes"]) * hardware.gpus_per_node, window_s)
     info = simulate(trace, system, model=model, hardware=hardware, cluster=scenario["cluster"], constants=constants,
                     start_s=start_s, not_before_s=not_before_s,
-                    window_s=float(scenario["telemetry"]["window_s"]), sink=sink, progress=progress,
+                    window_s=window_s, sink=sink, progress=progress,
                     until_s=float("inf") if until_s is None else until_s)
     return {"sim": {"events": info["events"], "alpha_tokens": info["alpha_tokens"], "beta_tokens": info["beta_tokens"]}}

@@ -153,3 +153,48 @@ def format_probe(system: str, p: Probe) -> str:
     return (f"{system:<12} {p.rate_aps:7.3f} APS  {'pass' if p.passed else 'FAIL':<4}  TTFT {_fmt(p.ttft_s):>9}  "
             f"TPOT {_fmt(p.tpot_s):>9}  last-window TTFT {_fmt(p.ttft_last_window_s):>9}  "
             f"steady {p.steady}  ran {p.horizon_s or 0:.0f} s  requests {p.requests}  ({p.reason})")
+
+
+def outcome(best: float | None, probes: list, cfg: dict) -> str:
+    """What a search's capacity is: `converged` (a pass and a failure within `tolerance`), `lower_bound`
+    (every probe passed up to `rate_aps_max`: the capacity is at least that), `unconverged` (`max_probes`
+    ran out first) or `none` (no rate passed)."""
+    def passed(p):
+        return p["passed"] if isinstance(p, dict) else p.passed
+
+    def rate(p):
+        return p["rate_aps"] if isinstance(p, dict) else p.rate_aps
+    if best is None:
+        return "none"
+    fails = [rate(p) for p in probes if not passed(p)]
+    if not fails:
+        return "lower_bound" if best >= float(cfg["rate_aps_max"]) else "unconverged"
+    return "converged" if (min(fails) - best) / best <= float(cfg["tolerance"]) else "unconverged"
+
+
+def describe(cap: float | None, kind: str, cfg: dict) -> str:
+    """The capacity as the table shows it: `>= 20.000` for a lower bound, a note when unconverged."""
+    if cap is None:
+        return "- (no rate passed)"
+    if kind == "lower_bound":
+        return (f">= {cap:.3f} agents/s (passed every probe up to capacity.rate_aps_max {float(cfg['rate_aps_max']):g}: "
+                "a lower bound; raise it to find the capacity)")
+    if kind == "unconverged":
+        return (f"{cap:.3f} agents/s (unconverged: capacity.max_probes {int(cfg['max_probes'])} ran out before the "
+                f"tolerance {float(cfg['tolerance']):g})")
+    return f"{cap:.3f} agents/s"
+
+
+def ratio(first: tuple[float | None, str], second: tuple[float | None, str]) -> tuple[float | None, str]:
+    """second / first with what it is: `exact`, `lower_bound`, `upper_bound`, `approximate`, or None and
+    `unknown` (both are lower bounds, or a side has no capacity)."""
+    (a, ka), (b, kb) = first, second
+    if not a or not b or (ka == kb == "lower_bound") or "none" in (ka, kb):
+        return None, "unknown"
+    if "unconverged" in (ka, kb):
+        return b / a, "approximate"
+    if kb == "lower_bound":
+        return b / a, "lower_bound"
+    if ka == "lower_bound":
+        return b / a, "upper_bound"
+    return b / a, "exact"

@@ -13,6 +13,9 @@ from pathlib import Path
 from engines.contract import BACKENDS
 from traces.errors import InputError
 
+TABLE_LEGEND = ("(requests ok/total; JCT: until the last agent ends; SNIC bal: max/avg of storage-NIC read bytes over "
+                "nodes per telemetry window, 1 = even; attn bal: max/avg of attention time over a prefill group's "
+                "GPUs per step; hit: cached/prompt tokens)")
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "paper" / "offline-ds660b-64k.yaml"
 
 
@@ -69,8 +72,7 @@ def backend_module(scenario: dict, path: str):
 
 
 def cmd_run(args) -> int:
-    from harness.results import new_run_dir
-    from harness.scenario import load_scenario
+    from harness.scenario import load_scenario, locate_error
 
     scenario = load_scenario(args.scenario, args.overrides)
     from harness.sweep import is_sweep
@@ -82,6 +84,15 @@ def cmd_run(args) -> int:
                      ("--ray-address", getattr(args, "ray_address", None))):
         if on:
             raise InputError(f"{flag} is for scenarios with sweep: or zip: (this one has neither)", field=flag)
+    try:
+        return _run_loaded(args, scenario)
+    except InputError as exc:  # a key's problem found after loading: blame its line (or --set)
+        raise locate_error(exc, args.scenario, args.overrides) from None
+
+
+def _run_loaded(args, scenario: dict) -> int:
+    from harness.results import new_run_dir
+
     backend = backend_module(scenario, args.scenario)
 
     made: list[Path] = []
@@ -99,7 +110,7 @@ def cmd_run(args) -> int:
         return run_systems(args, scenario, backend, run_dir)
     except KeyboardInterrupt:  # the results writer has written the summary (status interrupted) and kept every row
         print(f"dualpath: {'terminated' if terminated else 'interrupted'}"
-              + (": kept every request measured" if made else ""), file=sys.stderr)
+              + (": kept every request measured" if made else " before anything was written"), file=sys.stderr)
         if made:
             print(f"results: {made[-1]}", file=sys.stderr)
         return 143 if terminated else 130
@@ -113,12 +124,16 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
     from harness.cli import emit_json
     from harness.progress import progress
     from harness.results import ResultsWriter
+    from harness.run_limits import RunLimitExceeded
     from harness.trace_input import scenario_trace
 
     with progress(None, "trace", unit="agent") as advance:
         trace = located(lambda: scenario_trace(scenario["trace"], progress=advance), scenario, args.scenario)
     start_s, not_before = schedule(scenario["arrival"], trace, int(scenario["seed"]))
-    backend.check({**scenario, "_path": args.scenario}, trace)
+    if scenario["backend"] == "sim":
+        backend.check({**scenario, "_path": args.scenario}, trace, start_s)
+    else:
+        backend.check({**scenario, "_path": args.scenario}, trace)
     rounds = trace.num_rounds
     run_dir = make_run_dir()
     failures: list[str] = []
@@ -131,9 +146,14 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             writer.begin_system(system, repeat)
             t0 = time.perf_counter()
             label = system if repeats == 1 else f"{system} #{repeat + 1}"
-            with progress(rounds, f"{label:<12}", unit="req") as advance:
-                facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
-                                           not_before, writer, advance)
+            try:
+                with progress(rounds, f"{label:<12}", unit="req") as advance:
+                    facts = backend.run_system({**scenario, "_path": args.scenario}, trace, system, start_s,
+                                               not_before, writer, advance)
+            except RunLimitExceeded as exc:  # a bound no check could see in advance: keep what was measured
+                writer.close("aborted")
+                failures.append(f"error: {system}: {exc}; kept every row measured")
+                break
             wall = time.perf_counter() - t0
             facts["wall_s"] = wall
             if scenario["backend"] == "sim":
@@ -146,7 +166,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
                                    frames["engines"], system))
             summary = writer.end_system(facts, complete=complete)
-            for warning in summary.get("warnings", []):
+            for warning in summary.get("warnings", []) + list(driver.get("warnings") or []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
             failure = run_failure(system, summary, rounds, scenario)
             if failure:
@@ -159,6 +179,7 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         print(metrics.format_table(summary["systems"]))
+        print(TABLE_LEGEND)
         from harness.attribution import ladder_lines, limited_line
         for line in [limited_line(k, v) for k, v in summary["systems"].items()] + ladder_lines(summary["systems"]):
             if line:
@@ -243,6 +264,7 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     from harness.arrivals import agent_start_times
     from harness.cli import emit_json
     from harness.results import claim_run_dir, run_meta, write_json
+    from harness.run_limits import RunLimitExceeded
     from harness.trace_input import first_agents, scenario_trace
     from engines.sim import MemorySink
 
@@ -250,6 +272,11 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
     if not slo.get("ttft_s") and not slo.get("tpot_s"):
         raise InputError("--capacity needs slo.ttft_s and/or slo.tpot_s", path=args.scenario, field="slo")
     cfg = capacity.settings(scenario)
+    from harness.run_limits import check_capacity
+    try:
+        check_capacity(scenario, cfg)
+    except InputError as exc:
+        raise exc.at(args.scenario) from None
     base_trace = None if "synth" in scenario["trace"] else located(lambda: scenario_trace(scenario["trace"]),
                                                                     scenario, args.scenario)
     if base_trace is not None:
@@ -267,10 +294,17 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         table.to_csv(tmp, index=False)
         tmp.replace(run_dir / "capacity.csv")
         summary["status"] = status
+        for r in results.values():
+            r["capacity_kind"] = capacity.outcome(r["capacity_aps"], r["probes"], cfg)
         first, second = (list(results) + [None, None])[:2]
-        if second is not None and results[first]["capacity_aps"] and results[second]["capacity_aps"]:
-            summary["capacity_ratio"] = {f"{second}/{first}": results[second]["capacity_aps"] /
-                                         results[first]["capacity_aps"]}
+        summary.pop("capacity_ratio", None)
+        summary.pop("capacity_ratio_kind", None)
+        if second is not None:
+            value, kind = capacity.ratio(*((results[k]["capacity_aps"], results[k]["capacity_kind"])
+                                            for k in (first, second)))
+            if value is not None:
+                summary["capacity_ratio"] = {f"{second}/{first}": value}
+                summary["capacity_ratio_kind"] = kind
         write_json(run_dir / "summary.json", summary)
 
     def probe_for(system: str):
@@ -309,6 +343,11 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
             results[system] = {"capacity_aps": None, "probes": []}
             best, _ = capacity.search(probe_for(system), cfg, report=lambda p, s=system: report(s, p))
             results[system]["capacity_aps"] = best
+    except RunLimitExceeded as exc:  # a probe outran the telemetry bound: keep every probe finished
+        save("aborted")
+        print(f"error: {exc}; kept {sum(len(r['probes']) for r in results.values())} probe(s)", file=sys.stderr)
+        print(f"results: {run_dir}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         save("interrupted")
         print(f"interrupted: kept {sum(len(r['probes']) for r in results.values())} probe(s) in {run_dir}",
@@ -319,15 +358,21 @@ def run_capacity(args, scenario: dict, backend, make_run_dir) -> int:
         emit_json(summary)
     else:
         for name, r in results.items():
-            cap = r["capacity_aps"]
-            print(f"{name:<12} capacity {'-' if cap is None else f'{cap:.3f}'} agents/s "
+            print(f"{name:<12} capacity {capacity.describe(r['capacity_aps'], r['capacity_kind'], cfg)} "
                   f"({len(r['probes'])} probes)")
             short = [p for p in r["probes"] if p["short_trace"]]
             if short:
                 print(f"{name:<12} note: the trace ran out of agents at {min(p['rate_aps'] for p in short):g} "
                       "agents/s; a longer trace could show a higher capacity", file=sys.stderr)
+        kind = summary.get("capacity_ratio_kind")
         for k, v in summary.get("capacity_ratio", {}).items():
-            print(f"capacity ratio {k}: {v:.2f}")
+            sign = {"lower_bound": ">= ", "upper_bound": "<= ", "approximate": "~"}.get(kind, "")
+            note = {"lower_bound": " (a lower bound: the second system passed every probe)",
+                    "upper_bound": " (an upper bound: the first system passed every probe)",
+                    "approximate": " (approximate: a search did not converge)"}.get(kind, "")
+            print(f"capacity ratio {k}: {sign}{v:.2f}{note}")
+        if len(results) >= 2 and "capacity_ratio" not in summary:
+            print("capacity ratio: not known (both systems passed every probe, or one passed none)")
         if scenario.get("expected"):  # ours vs the paper's values the scenario carries
             from harness.expected import compare, format_rows
             print("\n" + format_rows(compare(scenario["expected"], summary), changed=_user_set(args)))

@@ -20,6 +20,23 @@ SYNTH_FLAGS = {  # flag -> SynthParams field
 NOT_IN_TABLE2 = ("tool_latency_mean", "tool_latency_sigma", "block_size")
 
 
+def whole_number(text: str) -> int:
+    """An integer flag that also takes `3e7` or `1_000` (a whole number however written), so that a large
+    count is refused by its bound rather than by its spelling."""
+    import argparse
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
 def register(sub) -> None:
     trace = sub.add_parser("trace", help="make, convert and inspect agentic traces")
     tsub = trace.add_subparsers(dest="trace_command", metavar="SUBCOMMAND")
@@ -30,7 +47,7 @@ def register(sub) -> None:
                         "the realised means of the trace, as `trace stats` reports them.")
     s.add_argument("--preset", help="paper-32k | paper-48k | paper-64k (paper Table 2) | smoke (4 rounds of "
                    "~200 + 64 tokens in a 4K context, for CI and laptops)")
-    s.add_argument("--agents", type=int, required=True, help="number of agents (trajectories)")
+    s.add_argument("--agents", type=whole_number, required=True, help="number of agents (trajectories)")
     s.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     s.add_argument("-o", "--output", required=True, help="output file, .parquet or .jsonl")
     for flag, name in SYNTH_FLAGS.items():

@@ -69,7 +69,7 @@ class ExpectedList:
                          "(a dotted path into a system's summary: makespan_jct_s, latency.ttft_s.p50, "
                          "throughput.prompt_tokens_per_s, snic_balance, capacity_aps, ...)")
             if not _number(entry["value"]) or entry["value"] <= 0:
-                from harness.scenario import _number_text_hint
+                from harness.scenario.kinds import _number_text_hint
                 hint = _number_text_hint(entry["value"])
                 ctx.fail(f"{k}.value", f"must be a number > 0, got {entry['value']!r}{hint}")
             tol = entry.get("tolerance", DEFAULT_TOLERANCE)

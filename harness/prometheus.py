@@ -64,6 +64,9 @@ class Scraper:
         self.last: dict[tuple, tuple[float, float]] = {}   # (url, metric, device) -> (t, counter value)
         self.pending: dict[tuple, int] = {}                 # (url, metric, device, window) -> bytes
         self.failures = 0
+        self.tries: dict[str, int] = {url: 0 for url in urls}
+        self.scraped: dict[str, int] = {url: 0 for url in urls}
+        self.last_error: dict[str, str] = {}
 
     def _now(self) -> float:
         return (time.perf_counter_ns() - self.t0_ns) * 1e-9
@@ -83,17 +86,27 @@ class Scraper:
 
     async def _scrape(self, session: aiohttp.ClientSession, url: str) -> None:
         sent = self._now()
+        self.tries[url] = self.tries.get(url, 0) + 1
         try:
             async with asyncio.timeout(max(1.0, self.window_s)):
                 async with session.get(url) as resp:
                     if resp.status != 200:
                         self.failures += 1
+                        self.last_error[url] = f"HTTP {resp.status}"
                         return
                     text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+        except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError) as exc:
             self.failures += 1
+            self.last_error[url] = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__).splitlines()[0]
             return
+        self.scraped[url] = self.scraped.get(url, 0) + 1
         self.take(url, parse(text), (sent + self._now()) / 2)
+
+    def warnings(self) -> list[str]:
+        """One line per URL whose every scrape failed (its NIC and engine telemetry is missing)."""
+        return [f"Prometheus {url}: every scrape failed ({n} tries; last: {self.last_error.get(url, '?')}): "
+                "links.parquet and engines.parquet hold nothing from it"
+                for url, n in self.tries.items() if n and not self.scraped.get(url)]
 
     def take(self, url: str, samples, t: float) -> None:
         """One scrape of `url` whose counters were read at time `t` (seconds from the run's start)."""

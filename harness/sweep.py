@@ -32,6 +32,7 @@ class SweepKeys:
 
     def check(self, value, key, ctx):
         from harness import scenario as sc
+        from harness.scenario.overrides import _kind_at
 
         if not isinstance(value, dict) or not value:
             ctx.fail(key, "must be a mapping of key.path to a list of values, "
@@ -53,7 +54,7 @@ class SweepKeys:
                 if depth and not isinstance(kind, (sc.Mapping, sc.FreeMapping)):
                     ctx.fail(k, f"{'.'.join(path.split('.')[:depth])} is {kind.what}, not a mapping")
                 try:
-                    kind = sc._kind_at(kind, part, path)
+                    kind = _kind_at(kind, part, path)
                 except InputError as exc:
                     ctx.fail(k, exc.problem)
             if not isinstance(values, list) or not values:

@@ -153,7 +153,9 @@ def test_capacity_on_the_simulator_writes_its_table_and_refuses_a_used_directory
         assert list(probes["rate_aps"]) == [0.5, 1.0, 2.0]  # light load: every probe passes, up to the max
         assert probes["passed"].all() and (probes["horizon_s"] >= 70).all()
         assert summary["capacity"][system]["capacity_aps"] == 2.0
-    assert "basic        capacity 2.000 agents/s" in res.out
+    assert "basic        capacity >= 2.000 agents/s (passed every probe up to capacity.rate_aps_max 2" in res.out
+    assert summary["capacity"]["basic"]["capacity_kind"] == "lower_bound"
+    assert "capacity_ratio" not in summary and "capacity ratio: not known" in res.out  # no ratio of two bounds
     assert res.err.count(" APS  pass ") == 6
     again = cli("run", scen, "--capacity", "-o", out)
     assert again.rc == 2 and "already holds a run" in again.err and len(again.err_lines) == 1
@@ -210,3 +212,28 @@ def test_capacity_against_an_endpoint_finds_where_its_queue_builds_up(cli, tmp_p
     assert all(not p["passed"] for p in probes if p["rate_aps"] >= 8), probes  # ~32 requests/s for 10
     cap = json.loads((tmp_path / "out" / "summary.json").read_text())["capacity"]["external"]["capacity_aps"]
     assert 1.0 <= cap < 8.0
+
+
+# ----- what a capacity is: converged, a lower bound, unconverged (issue 11) ------------------------------
+def _p(rate, passed):
+    return {"rate_aps": rate, "passed": passed}
+
+
+@pytest.mark.parametrize("best, probes, kind", [
+    (2.0, [_p(0.5, True), _p(1.0, True), _p(2.0, True)], "lower_bound"),
+    (1.0, [_p(0.5, True), _p(1.0, True)], "unconverged"),            # max_probes ran out while doubling
+    (1.0, [_p(1.0, True), _p(2.0, False), _p(1.5, False)], "unconverged"),
+    (1.0, [_p(1.0, True), _p(1.04, False)], "converged"),
+    (None, [_p(1.0, False), _p(0.5, False)], "none"),
+])
+def test_capacity_outcome(best, probes, kind):
+    from harness.capacity import outcome
+    assert outcome(best, probes, {"rate_aps_max": 2.0, "tolerance": 0.05}) == kind
+
+
+def test_capacity_ratio_of_a_bound_says_so():
+    from harness.capacity import ratio
+    assert ratio((1.0, "converged"), (2.0, "lower_bound")) == (2.0, "lower_bound")
+    assert ratio((2.0, "lower_bound"), (1.0, "converged")) == (0.5, "upper_bound")
+    assert ratio((2.0, "lower_bound"), (2.0, "lower_bound")) == (None, "unknown")
+    assert ratio((1.0, "converged"), (1.5, "converged")) == (1.5, "exact")

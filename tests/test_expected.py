@@ -42,7 +42,7 @@ def write(tmp_path: Path, entries: str) -> Path:
     ("  - {figure: F, system: basic, metric: makespan_jct_s, value: 3, point: {seed: 1}}", "expected[1].point.seed",
      "it has none"),
     ("  - [1, 2]", "expected[1]", "mapping"),
-    ("  - {figure: F, system: basic, metric: makespan_jct_s, value: 1e3}", "expected[1].value", "write 1.0e3"),
+    ("  - {figure: F, system: basic, metric: makespan_jct_s, value: 1e3}", "expected[1].value", "write 1000.0"),
 ])
 def test_a_bad_expected_entry_is_one_line_naming_file_line_and_key(cli, tmp_path, entry, key, words):
     path = write(tmp_path, "  - {figure: F, system: basic, metric: makespan_jct_s, value: 3}\n" + entry)

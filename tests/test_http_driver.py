@@ -696,6 +696,22 @@ def test_reset_prometheus_and_api_key(cli, tmp_path, monkeypatch):
             assert key not in str(pq.read_table(p).to_pylist()), p
 
 
+def test_a_prometheus_url_whose_every_scrape_fails_is_a_warning(cli, tmp_path):
+    """A Prometheus endpoint that never answers is said on stderr (and in the summary), not silently empty."""
+    with socket.socket() as s:  # a free port with nothing listening once closed
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/metrics"
+    with ScriptedServer(Reply(first_token_s=0.01, token_s=0.01)) as srv:
+        scen = write_scenario(tmp_path, srv.url, agents=2, seed=3, endpoint={"prometheus": [srv.url + "/metrics", dead]},
+                              telemetry={"window_s": 0.2})
+        res, summary, _ = run_cli(cli, scen, tmp_path / "out")
+    lines = [line for line in res.err.splitlines() if "every scrape failed" in line]
+    assert len(lines) == 1 and dead in lines[0] and "warning" in lines[0], res.err
+    assert srv.url + "/metrics:" not in res.err  # the one that answers is not warned about
+    (system,) = summary["systems"]
+    assert summary["systems"][system]["driver"]["warnings"] == [lines[0].split("warning: ", 1)[1]]
+
+
 def test_a_missing_api_key_variable_is_a_one_line_error(cli, tmp_path, monkeypatch):
     monkeypatch.delenv("DUALPATH_TEST_MISSING_KEY", raising=False)
     with ScriptedServer(FAST) as srv:

@@ -90,7 +90,7 @@ def test_too_few_ok_requests_exit_1_and_the_table_marks_the_system_incomplete(cl
     table = res.out.splitlines()
     row = next(line for line in table if line.startswith(SYSTEM)).split()
     assert row[2].endswith("*"), "a bare JCT for a system with failed rounds"
-    assert table[-1].startswith("* incomplete (external)")
+    assert any(line.startswith("* incomplete (external)") for line in table)
 
 
 def test_a_lower_min_ok_share_accepts_the_same_run(cli, tmp_path):

@@ -71,7 +71,7 @@ def test_point_names_use_the_last_part_unless_two_keys_share_it():
 # ----- bad sweeps: one line naming file, line and key, nothing made --------------------------------------
 @pytest.mark.parametrize("extra, line, key, words", [
     ("sweep:\n  trace.synth.agnts: [4, 8]", 9, "sweep.trace.synth.agnts", "agents"),
-    ("sweep:\n  trace.synth.agents: [4, 0]", 9, "sweep.trace.synth.agents[1]", "integer >= 1"),
+    ("sweep:\n  trace.synth.agents: [4, 0]", 9, "sweep.trace.synth.agents[1]", "an integer in [1, "),
     ("sweep:\n  trace.synth.agents: []", 9, "sweep.trace.synth.agents", "non-empty"),
     ("sweep:\n  name: [a, b]", 9, "sweep.name", "cannot be swept"),
     ("zip:\n  seed: [1, 2]\n  trace.synth.agents: [4]", 10, "zip.trace.synth.agents", "paired"),

@@ -45,7 +45,7 @@ BAD_ARGS = [  # (arguments, start of the one stderr line); OUT is replaced by an
     (["trace", "synth", "--preset", "nope", "--agents", "5", "-o", "OUT"], "--preset: unknown preset 'nope' "
      "(allowed: paper-32k, paper-48k, paper-64k, smoke)"),
     (["trace", "synth", "--preset", "paper-32k", "--agents", "abc", "-o", "OUT"],
-     "dualpath trace synth: argument --agents: invalid int value: 'abc'"),
+     "dualpath trace synth: argument --agents: expected a whole number, got 'abc'"),
     (["trace", "synth", "--preset", "paper-32k", "--agents", "0", "-o", "OUT"], "--agents: must be > 0, got 0"),
     (["trace", "synth", "--preset", "paper-32k", "--agents", "5", "-o", "out.csv"],
      "-o: output must end in .parquet or .jsonl"),
@@ -462,5 +462,5 @@ def test_console_script(tmp_path):
 def test_python_dash_m(tmp_path):
     proc = run_process([sys.executable, "-m", "harness.cli", "trace", "synth", "--agents", "x"], REPO)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == ["dualpath trace synth: argument --agents: invalid int value: 'x'"]
+    assert proc.stderr.splitlines() == ["dualpath trace synth: argument --agents: expected a whole number, got 'x'"]
     assert proc.stdout == ""
