@@ -27,16 +27,18 @@ def test_pacer_books_exactly_bytes_over_rate(rate, sizes):
     p = Pacer(rate, clock=clock)
     for n in sizes:
         p.reserve(n)
-    assert p.free_at == pytest.approx(sum(sizes) / rate, rel=1e-9)
+    assert p.free_at == pytest.approx(sum(sizes) / rate - p.burst_s, rel=1e-9)
     assert p.bytes == sum(sizes)
 
 
 def test_pacer_carries_no_credit_from_idle_time():
     clock = FakeClock()
-    p = Pacer(1000.0, clock=clock)
-    assert p.reserve(1000) == pytest.approx(1.0)
-    clock.t = 10.0  # idle for 9 s: the next booking starts now, not in the past
-    assert p.reserve(500) == pytest.approx(0.5)
+    p = Pacer(1000.0, clock=clock, burst_s=0.005)
+    assert p.reserve(1000) == pytest.approx((-0.005, 0.995))
+    clock.t = 10.0  # idle for 9 s: the next booking earns only the bucket's depth
+    assert p.reserve(500) == pytest.approx((-0.005, 0.495))
+    clock.t = 10.496  # late by 1 ms (a sleep's overshoot): the next booking starts where the last ended
+    assert p.reserve(500)[0] == pytest.approx(-0.001)
 
 
 def test_pacer_rejects_a_zero_rate():

@@ -18,7 +18,7 @@ import json
 import socket
 import struct
 from collections import defaultdict
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 
 PREFIX = struct.Struct("!IQ")   # header length, payload length
 SOCK_BUF = 8 << 20
@@ -57,16 +57,20 @@ class TcpChannel:
     async def send(self, header: dict, payload=b"", traffic: str = "other") -> None:
         view = memoryview(payload).cast("B") if len(payload) else memoryview(b"")
         meta = json.dumps(header, separators=(",", ":")).encode()
+
+        async def move():
+            async with self.send_lock:
+                try:
+                    await self.loop.sock_sendall(self.sock, PREFIX.pack(len(meta), view.nbytes) + meta)
+                    if view.nbytes:
+                        await self.loop.sock_sendall(self.sock, view)
+                except OSError as exc:
+                    self.closed = True
+                    raise ChannelClosed(f"send failed: {exc}") from None
         if self.pacer is not None and view.nbytes:
-            await self.pacer.pace(view.nbytes)
-        async with self.send_lock:
-            try:
-                await self.loop.sock_sendall(self.sock, PREFIX.pack(len(meta), view.nbytes) + meta)
-                if view.nbytes:
-                    await self.loop.sock_sendall(self.sock, view)
-            except OSError as exc:
-                self.closed = True
-                raise ChannelClosed(f"send failed: {exc}") from None
+            await self.pacer.pace(view.nbytes, move)
+        else:
+            await move()
         self.counters[("tx", traffic)] += view.nbytes
 
     async def _exactly(self, view: memoryview) -> None:
@@ -144,12 +148,16 @@ class ShmChannel:
             self.pool = shared_memory.SharedMemory(create=True, size=self.slots * self.slot_bytes)
             for i in range(self.slots):
                 self.free.put_nowait(i)
+
+        async def move():
+            slot = await self.free.get()
+            off = slot * self.slot_bytes
+            self.pool.buf[off:off + view.nbytes] = view  # the one copy
+            await self.control.send({**header, "_slot": slot, "_n": view.nbytes, "_pool": self.pool.name})
         if self.pacer is not None and view.nbytes:
-            await self.pacer.pace(view.nbytes)
-        slot = await self.free.get()
-        off = slot * self.slot_bytes
-        self.pool.buf[off:off + view.nbytes] = view  # the one copy
-        await self.control.send({**header, "_slot": slot, "_n": view.nbytes, "_pool": self.pool.name})
+            await self.pacer.pace(view.nbytes, move)
+        else:
+            await move()
         self.counters[("tx", traffic)] += view.nbytes
 
     async def recv(self) -> tuple[dict, memoryview]:
@@ -168,6 +176,7 @@ class ShmChannel:
         pool = self.peer.get(name)
         if pool is None:
             pool = self.peer[name] = shared_memory.SharedMemory(name=name)
+            resource_tracker.unregister(pool._name, "shared_memory")  # the sender owns it and unlinks it
         slot, n = header.pop("_slot"), header.pop("_n")
         self.pending_ack = slot
         off = slot * self.slot_bytes
