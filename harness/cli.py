@@ -49,6 +49,10 @@ def build_parser() -> Parser:
     cli_gate.register(sub)
     from harness import cli_report
     cli_report.register(sub)
+    # ----- issue 14: the live cluster's parts -----
+    from harness import cli_live
+    cli_live.register(sub)
+    # ----- end issue 14 -----
     return parser
 
 
