@@ -3,7 +3,7 @@
 The config is a JSON or YAML mapping (the part's settings; `backend: live` writes one per part). The part
 binds 127.0.0.1 unless its config says `host`; port 0 takes free ports. Once it listens it prints one line
 on stdout, `READY {"role": ..., "http_port": N, "data_port": M, "pid": P}`, which is how the harness learns
-its ports. SIGINT and SIGTERM stop it cleanly (exit 0). Only `storage` is built so far.
+its ports. SIGINT and SIGTERM stop it cleanly (exit 0).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import yaml
 from traces.errors import InputError
 
 ROLES = ("storage", "pe", "de", "router")
-BUILT = ("storage",)
+BUILT = ROLES
 STORAGE_KEYS = ("storage_dir", "layers", "block_tokens", "bytes_per_token_layer", "snic_bytes_s", "nodes")
 
 
@@ -54,7 +54,9 @@ def cmd_engine(args) -> int:
     if args.role not in BUILT:
         raise InputError(f"role {args.role} is not built yet (built: {', '.join(BUILT)})", field="--role")
     cfg = load_config(args.config, args.role)
-    from engines.live import storage_service
+    from engines.live import engine, router, storage_service
+    runners = {"storage": lambda: storage_service.run(cfg, ready), "pe": lambda: engine.run(cfg, "pe", ready),
+               "de": lambda: engine.run(cfg, "de", ready), "router": lambda: router.run(cfg, ready)}
 
     def ready(http_port: int, data_port: int) -> None:
         print("READY " + json.dumps({"role": args.role, "http_port": http_port, "data_port": data_port,
@@ -66,7 +68,7 @@ def cmd_engine(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await storage_service.run(cfg, ready)
+            await runners[args.role]()
         except asyncio.CancelledError:
             pass
     asyncio.run(main())

@@ -227,6 +227,10 @@ SCHEMA = Mapping({
     "max_concurrency": Int(1),
     "abort": Mapping({"max_consecutive_failures": Int(1), "window_requests": Int(1),
                       "max_failure_share": Number(gt=0), "min_ok_share": Number(ge=0)}),
+    # ----- issue 14: the live cluster (backend live; the simulator accepts and ignores it) -----
+    "live": Mapping({"transport": Str(choices=("tcp", "shm")), "compute": Str(choices=("modeled",)),
+                     "time_scale": Number(gt=0), "storage_dir": Str()}),
+    # ----- end issue 14 -----
     "capacity": Mapping({"rate_aps_start": Number(gt=0), "rate_aps_max": Number(gt=0),
                          "tolerance": Number(gt=0), "warmup_s": Number(ge=0), "window_s": Number(gt=0),
                          "max_probes": Int(1), "horizon_s": Number(gt=0), "lookback_s": Number(gt=0),

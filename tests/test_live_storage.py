@@ -92,7 +92,7 @@ def test_storage_process_round_trip_paced_and_counted(tmp_path, transport):
     assert elapsed >= total / RATE - 0.010 - 0.002   # never faster than the SNIC (less the bucket's depth)
     counted = {(lab["device"], lab["direction"], lab["traffic"]): v for name, lab, v in samples
                if name == "dualpath_link_bytes_total"}
-    assert counted == {("node0_snic", "tx", "kv_read"): total, ("node1_snic", "rx", "kv_write"): total}
+    assert counted == {("storage_node0", "tx", "kv_read"): total, ("storage_node1", "rx", "kv_write"): total}
     assert len(list((tmp_path / "kv").iterdir())) == len(blocks)
 
 

@@ -5,8 +5,8 @@
   paced by node N's SNIC pacer (each node's reads share its SNIC rate), then `{"op": "read_done"}`;
   a missing block ends the read with `{"op": "error", "error": ...}`.
   `{"op": "write", "key": hex}` + a Full Block -> stored (traffic kv_write) -> `{"op": "written"}`.
-- Control, over HTTP (aiohttp): `GET /health`, `GET /metrics` (prometheus_client text: bytes per node,
-  link `snic`, direction and traffic class), `POST /hit {"keys": [hex...]}` -> `{"hit_blocks": n}`.
+- Control, over HTTP (aiohttp): `GET /health`, `GET /metrics` (prometheus_client text: bytes per requesting
+  node (device `storage_nodeN`), direction and traffic class), `POST /hit {"keys": [hex...]}` -> `{"hit_blocks": n}`.
 
 Started as `dualpath engine --role storage --config FILE` (harness/cli_live.py).
 """
@@ -49,7 +49,7 @@ class StorageService:
                 elif op == "write":
                     self.store.write(bytes.fromhex(header["key"]), view)
                     node = int(header.get("node", 0))
-                    self.link_bytes.labels(f"node{node}_snic", "rx", "kv_write").inc(view.nbytes)
+                    self.link_bytes.labels(f"storage_node{node}", "rx", "kv_write").inc(view.nbytes)
                     self.blocks.labels("write").inc()
                     await ch.send({"op": "written", "key": header["key"]})
                 else:
@@ -73,7 +73,7 @@ class StorageService:
                 return
             # the SNIC's rate: the block counts as read at the end of its booking on the node's link
             await pacer.pace(len(buf), lambda k=key: ch.send({"key": k, "traffic": "kv_read"}, buf, traffic="kv_read"))
-            self.link_bytes.labels(f"node{node}_snic", "tx", "kv_read").inc(len(buf))
+            self.link_bytes.labels(f"storage_node{node}", "tx", "kv_read").inc(len(buf))
             self.blocks.labels("read").inc()
         await ch.send({"op": "read_done"})
 
