@@ -140,6 +140,8 @@ class Cluster:
             "beta_tokens": cost.beta_tokens(hit_mean, new_mean), "z_factor": k.de_z_factor,
             "storage": storage, "pes": pes, "des": des, "model_name": "dualpath-live"})
         self.router_url = f"http://127.0.0.1:{r['http_port']}"
+        print(f"live cluster ({self.system}): router {self.router_url} pids "
+              + " ".join(f"{name}={p.pid}" for name, p in self.procs), file=sys.stderr, flush=True)
         self.metrics_urls = {name: f"http://127.0.0.1:{p['http_port']}/metrics" for name, p in self.ports.items()
                              if name != "router"}
 
@@ -268,5 +270,6 @@ def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, n
                progress=None, until_s: float | None = None) -> dict:
     with Cluster(scenario, system, trace) as cluster:
         facts = asyncio.run(_run(cluster, scenario, trace, system, start_s, not_before_s, sink, progress, until_s))
-    facts["live"] = {"transport": cluster.live["transport"], "time_scale": cluster.live["time_scale"]}
+    facts["live"] = {"transport": cluster.live["transport"], "time_scale": cluster.live["time_scale"],
+                     "pids": cluster.pids()}
     return facts
