@@ -29,6 +29,13 @@ def register(sub) -> None:
     e.add_argument("--role", required=True, choices=ROLES)
     e.add_argument("--config", required=True, help="the part's settings (JSON or YAML)")
     e.set_defaults(func=cmd_engine)
+    v = sub.add_parser("serve", help="run a live scenario's cluster standalone (prints the router URL)",
+                       description="Start the cluster of a `backend: live` scenario for one system and serve "
+                       "until Ctrl-C or SIGTERM; every process is stopped on the way out.")
+    v.add_argument("scenario", help="scenario YAML (its cluster, model, hardware and live keys)")
+    v.add_argument("--system", help="the scheduling system (default: the scenario's first)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.set_defaults(func=cmd_serve)
 
 
 def load_config(path: str, role: str) -> dict:
@@ -73,3 +80,42 @@ def cmd_engine(args) -> int:
             pass
     asyncio.run(main())
     return 0
+
+
+def cmd_serve(args) -> int:
+    from engines.contract import SYSTEMS
+    from harness import backend_live
+    from harness.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    system = args.system or scenario["systems"][0]
+    if system not in SYSTEMS:
+        raise InputError(f"must be one of {', '.join(SYSTEMS)}, got {system!r}", field="--system")
+    backend_live.check({**scenario, "_path": args.scenario}, None)
+    stop = {"came": False}
+
+    def on_signal(signum, frame):
+        stop["came"] = True
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with backend_live.Cluster(scenario, system) as cluster:
+            print(cluster.router_url, flush=True)
+            try:
+                _wait(cluster)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _wait(cluster) -> None:
+    """Until Ctrl-C / SIGTERM (KeyboardInterrupt) or a part of the cluster dies (exit 1 then)."""
+    import time
+    while True:
+        dead = cluster.dead()
+        if dead:
+            print(f"dualpath serve: {', '.join(dead)} died; stopping the cluster", file=sys.stderr)
+            raise SystemExit(1)
+        time.sleep(0.5)

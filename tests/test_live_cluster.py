@@ -81,6 +81,9 @@ def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
             assert set(per_side.index) == {"node0"} and per_side.sum() == needed > 0
         else:  # the SNIC bytes split between the PE and the DE nodes
             assert set(per_side.index) == {"node0", "node1"} and per_side.min() > 0
+            assert per_side.sum() == needed
+            de_bytes = int(rows[rows.read_side == "de"].read_bytes.sum())
+            assert per_side["node1"] == de_bytes
             de_read = (rows.read_side == "de")
             assert de_read.any() and (rows.read_side == "pe").any()
 

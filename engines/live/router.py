@@ -132,6 +132,7 @@ class Router:
                 raise ConnectionError(facts["error"]["message"])
             prefill_ok = True
             out.update(facts)
+            out["read_bytes"] = hit_blocks * self.block_tokens * self.kv_per_token  # on whichever side read
         except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
             out["error"] = f"pe{d.pe}: {type(exc).__name__}: {exc}"
             decode.cancel()
