@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from engines.live.transport import ChannelClosed, connect, serve  # noqa: E402
 MiB = 1 << 20
 
 
-def _receiver(kind: str, slot_bytes: int, port_out) -> None:
+def _receiver(kind: str, slot_bytes: int) -> None:
     async def main():
         done = asyncio.Event()
 
@@ -47,7 +47,7 @@ def _receiver(kind: str, slot_bytes: int, port_out) -> None:
                 ch.close()
                 done.set()
         server, port = await serve(kind, "127.0.0.1", 0, sink, slots=4, slot_bytes=slot_bytes)
-        port_out.send(port)
+        print(port, flush=True)
         await asyncio.wait_for(done.wait(), 600)
         server.cancel()
     asyncio.run(main())
@@ -81,19 +81,19 @@ async def _send(kind: str, port: int, size: int, seconds: float, rate: float | N
 
 
 def run_pair(kind: str, size: int, seconds: float, rate: float | None = None) -> tuple[int, float]:
+    """The receiver is its own process, started as engines are (not multiprocessing: its own resource tracker)."""
     slot_bytes = max(size, MiB)
-    ctx = mp.get_context("spawn")  # its own process as an engine is (own resource tracker)
-    a, b = ctx.Pipe()
-    proc = ctx.Process(target=_receiver, args=(kind, slot_bytes, b), daemon=True)
-    proc.start()
+    proc = subprocess.Popen([sys.executable, __file__, "--receiver", kind, str(slot_bytes)], stdout=subprocess.PIPE,
+                            text=True)
     try:
-        port = a.recv()
+        port = int(proc.stdout.readline())
         return asyncio.run(_send(kind, port, size, seconds, rate, slot_bytes))
     finally:
-        proc.join(30)
-        if proc.is_alive():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join()
+            proc.wait()
 
 
 def main() -> int:
@@ -101,7 +101,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--sizes", default="1,4,16,64", help="frame sizes in MiB")
     ap.add_argument("--rates", default="0.05,0.2,0.5", help="pacer rates in GB/s (below the tcp rate)")
+    ap.add_argument("--receiver", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.receiver:
+        _receiver(args.receiver[0], int(args.receiver[1]))
+        return 0
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     summary = {}
     print(f"{'size':>7} {'memcpy GB/s':>12} {'tcp GB/s':>9} {'tcp %':>6} {'shm GB/s':>9} {'shm %':>6}")

@@ -127,6 +127,10 @@ class ShmChannel:
         self.counters = control.counters
         self.reader = asyncio.create_task(self._read())
 
+    @property
+    def closed(self) -> bool:
+        return self.control.closed
+
     async def _read(self) -> None:
         try:
             while True:
