@@ -56,8 +56,8 @@ LINK_NAME = r"snic|dram|cnic\d+|[a-z0-9_:.-]+"  # ours, or a device a Prometheus
 
 # The ablation ladder (DESIGN.md "Systems"); engines/policy/systems.py says what each turns on.
 SYSTEMS = ("basic", "layerwise", "dualpath-rr", "dualpath", "oracle")
-BACKENDS = ("sim", "http")  # the ones this version runs
-PLANNED_BACKENDS = {"live": "a local cluster the harness starts"}
+BACKENDS = ("sim", "http", "live")  # the ones this version runs (live: a local cluster the harness starts)
+PLANNED_BACKENDS: dict[str, str] = {}
 
 
 def window_overlaps(t0: float, t1: float, window_s: float) -> Iterator[tuple[int, float, float]]:

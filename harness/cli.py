@@ -49,8 +49,9 @@ def build_parser() -> Parser:
     cli_gate.register(sub)
     from harness import cli_report
     cli_report.register(sub)
-    from harness import cli_suite
+    from harness import cli_live, cli_suite
     cli_suite.register(sub)
+    cli_live.register(sub)  # the live cluster's parts: dualpath engine, dualpath serve
     return parser
 
 

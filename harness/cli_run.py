@@ -67,6 +67,13 @@ def backend_module(scenario: dict, path: str):
         except InputError as exc:
             raise exc.at(path) from None
         return backend_http
+    if backend == "live":  # issue 14
+        from harness import backend_live
+        try:
+            backend_live.live_settings(scenario)
+        except InputError as exc:
+            raise exc.at(path) from None
+        return backend_live
     raise InputError(f"backend {backend!r} is not available in this version (allowed: {', '.join(BACKENDS)})",
                      path=path, field="backend")
 

@@ -350,7 +350,7 @@ ANY_LINE = object()
     ("seed: -1\n", "seed", 9, ["an integer in [0, 4,294,967,295], got -1"]),
     ("telemetry: {window_s: 1.0e-7}\n", "telemetry.window_s", 9, ["a number in [0.001, "]),
     ("arrival: {mode: trace}\n", "arrival.mode", 9, ["synthetic trace has none", "offline, poisson, gamma, constant"]),
-    ("backend: live\n", "backend", 9, ["'live'", "not available in this version", "allowed: sim, http"]),
+    ("live: {transport: udp}\n", "live.transport", 9, ["'udp'", "tcp, shm"]),  # accepted and checked for sim too
     ("sim: {snic_eficiency: 0.5}\n", "sim.snic_eficiency", 9, ["unknown simulator constant", "snic_efficiency"]),
     ("sim: {snic_efficiency: 1" + "0" * 400 + "}\n", "sim.snic_efficiency", 9, ["too large"]),
 ])
@@ -380,7 +380,7 @@ def test_window_of_a_millisecond_is_the_smallest(repo):
     ("sim.x=2024-13-45", "sim.x", ["not valid YAML", "month"]),
     ("seed=" + "9" * 5000, "seed", ["not valid YAML", "4300 digits"]),
     ("arrival.mode=trace", "arrival.mode", ["synthetic trace has none"]),
-    ("backend=live", "backend", ["not available in this version", "allowed: sim, http"]),
+    ("live.compute=real", "live.compute", ["modeled"]),
     ("report.when=2024-01-01", "report", ["unknown key"]),
     ("report={1: a, b: c}", "report", ["unknown key"]),
     ("capacity.rate_aps_max=0.01", "capacity.rate_aps_max", [">= capacity.rate_aps_start (0.05, the default)"]),

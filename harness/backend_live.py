@@ -1,0 +1,275 @@
+"""`backend: live`: run each system on a live cluster of real processes on this host (engines/live).
+
+Per system: a fresh cluster (cold store) is started as separate processes, `dualpath engine --role
+storage|pe|de|router --config FILE` on 127.0.0.1 free ports (storage, then the PEs and DEs, then the
+router); each prints `READY {...}` once it listens. The open-loop driver (harness/driver.py) then replays
+the trace against the router, exactly as `backend: http` does; at the end the engines' and storage's
+/metrics byte counters become links rows (one row per counter for the whole run) and the router's
+per-request breakdowns are joined into the requests rows. Every process is stopped (SIGTERM, then
+SIGKILL) on every way out: the end, Ctrl-C, SIGTERM, a driver error, the crash of a part (which also
+fails the requests it held, so the driver's abort rules end the run). A part dies with this process too
+(Linux: PR_SET_PDEATHSIG).
+
+The parts' sizes come from the scenario's `model` and `hardware` profiles: KV bytes per token and layer,
+layers, the block size (`sim.kv_block_tokens`), the SNIC and CNIC rates (line rate x the sim's
+efficiencies) and the DE memory, so that `--set backend=sim` simulates the same cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import yaml
+
+from engines.contract import LINK_COLUMNS
+from harness.driver import ABORT_DEFAULTS, Driver, DriverConfig
+from harness.prometheus import parse
+from traces.errors import InputError
+from traces.schema import Trace
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0}
+
+
+def live_settings(scenario: dict) -> dict:
+    live = {**LIVE_DEFAULTS, **(scenario.get("live") or {})}
+    if live["transport"] not in ("tcp", "shm"):
+        raise InputError(f"must be tcp or shm, got {live['transport']!r}", field="live.transport")
+    if live["compute"] != "modeled":
+        raise InputError(f"only `modeled` is built, got {live['compute']!r}", field="live.compute")
+    return live
+
+
+def check(scenario: dict, trace: Trace) -> None:
+    try:
+        live_settings(scenario)
+        _cost(scenario)
+    except InputError as exc:
+        raise exc.at(scenario.get("_path")) from None
+
+
+def _cost(scenario: dict):
+    from engines.live.compute import cost_model
+    return cost_model(scenario["model"], scenario["hardware"], scenario.get("sim"))
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+class Cluster:
+    """The processes of one live cluster; a context manager that always stops them."""
+
+    def __init__(self, scenario: dict, system: str, trace: Trace | None = None):
+        self.scenario = scenario
+        self.trace = trace
+        self.system = system
+        self.live = live_settings(scenario)
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="dualpath-live-"))
+        self.ports: dict[str, dict] = {}
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _spawn(self, name: str, role: str, cfg: dict) -> dict:
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "engine", "--role", role, "--config", str(path)],
+                                stdout=subprocess.PIPE, stderr=open(self.tmp / f"{name}.log", "w"), text=True,
+                                preexec_fn=_die_with_parent)
+        self.procs.append((name, proc))
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            log = (self.tmp / f"{name}.log").read_text().strip().splitlines()
+            raise RuntimeError(f"live cluster: {name} did not start: {(log or ['no output'])[-1]}")
+        info = {**json.loads(line[6:]), "host": "127.0.0.1"}
+        self.ports[name] = info
+        return info
+
+    def start(self) -> None:
+        s, live = self.scenario, self.live
+        cost = _cost(s)
+        m, k = cost.model, cost.k
+        cluster = s["cluster"]
+        n_pe, n_de = int(cluster["prefill_nodes"]), int(cluster["decode_nodes"])
+        storage_dir = live.get("storage_dir") or str(self.tmp / "kv")
+        common = {"layers": m.layers, "block_tokens": k.kv_block_tokens, "bytes_per_token_layer": m.kv_bytes_per_token_layer,
+                  "transport": live["transport"]}
+        st = self._spawn("storage", "storage", {**common, "storage_dir": storage_dir, "snic_bytes_s": cost.snic_rate,
+                                                "nodes": n_pe + n_de})
+        storage = {"host": st["host"], "data_port": st["data_port"], "http_port": st["http_port"]}
+        engine = {**common, "storage": storage, "cnic_bytes_s": cost.cnic_rate, "time_scale": live["time_scale"],
+                  "model": s["model"], "hardware": s["hardware"], "sim": s.get("sim")}
+        pes = [{**self._spawn(f"pe{i}", "pe", {**engine, "node": i, "index": i}), "node": i} for i in range(n_pe)]
+        des = [{**self._spawn(f"de{i}", "de", {**engine, "node": n_pe + i, "index": i}), "node": n_pe + i}
+               for i in range(n_de)]
+        hit_mean = new_mean = 1.0
+        if self.trace is not None and self.trace.num_rounds:  # the scheduler's beta, as the simulator sets it
+            prompt, hit = self.trace.prompt_tokens(), self.trace.expected_cached_tokens()
+            hit_mean, new_mean = float(hit.mean()), float((prompt - hit).mean())
+        r = self._spawn("router", "router", {
+            "system": self.system, "block_tokens": k.kv_block_tokens, "kv_bytes_per_token": m.kv_bytes_per_token,
+            "de_hbm_bytes": cost.decode_kv_capacity_bytes(), "alpha_tokens": cost.alpha_tokens(),
+            "beta_tokens": cost.beta_tokens(hit_mean, new_mean), "z_factor": k.de_z_factor,
+            "storage": storage, "pes": pes, "des": des, "model_name": "dualpath-live"})
+        self.router_url = f"http://127.0.0.1:{r['http_port']}"
+        print(f"live cluster ({self.system}): router {self.router_url} pids "
+              + " ".join(f"{name}={p.pid}" for name, p in self.procs), file=sys.stderr, flush=True)
+        self.metrics_urls = {name: f"http://127.0.0.1:{p['http_port']}/metrics" for name, p in self.ports.items()
+                             if name != "router"}
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(STOP_TIMEOUT_S)
+            if p.stdout:
+                p.stdout.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        return [p.pid for _, p in self.procs]
+
+
+class _JoinSink:
+    """Holds the driver's request rows until the run ends, then joins the router's breakdowns."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.rows: list[dict] = []
+
+    def requests(self, cols: dict) -> None:
+        self.rows.append(cols)
+
+    def agents(self, cols: dict) -> None:
+        self.sink.agents(cols)
+
+    def flush(self, breakdowns: dict) -> None:
+        for cols in self.rows:
+            n = len(cols["agent_id"])
+            for c in ("pe", "de", "read_side", "read_bytes", "queue_s", "read_s", "prefill_s", "kv_transfer_s"):
+                cols[c] = list(cols[c])  # the driver shares one list of nulls between columns
+            for j in range(n):
+                b = breakdowns.get(f"{cols['agent_id'][j]}/{cols['round'][j]}")
+                if not b:
+                    continue
+                for c in ("pe", "de", "read_side", "read_bytes"):
+                    if c in b:
+                        cols[c][j] = b[c]
+                for c in ("queue_s", "read_s", "prefill_s", "kv_transfer_s"):
+                    if c in b:
+                        cols[c][j] = b[c]
+            self.sink.requests(cols)
+        self.rows = []
+
+
+def _link_rows(system: str, samples_by_part: dict, t_end: float) -> dict:
+    rows = {c: [] for c in LINK_COLUMNS}
+    for part, samples in samples_by_part.items():
+        for name, labels, value in samples:
+            if name != "dualpath_link_bytes_total" or not value:
+                continue
+            node, _, link = labels["device"].partition("_")
+            rows["system"].append(system)
+            rows["t_start"].append(0.0)
+            rows["t_end"].append(t_end)
+            rows["node"].append(node)
+            rows["link"].append(link)
+            rows["direction"].append(labels["direction"])
+            rows["bytes"].append(int(value))
+            rows["traffic"].append(labels["traffic"])
+    return rows
+
+
+async def _run(cluster: Cluster, scenario: dict, trace: Trace, system: str, start_s, not_before_s, sink,
+               progress, until_s) -> dict:
+    abort = {**ABORT_DEFAULTS, **(scenario.get("abort") or {})}
+    cfg = DriverConfig(url=cluster.router_url, model="dualpath-live", timeout_s=600.0, token_ids=True,
+                       seed=int(scenario.get("seed", 1)), stall_timeout_s=60.0,
+                       max_consecutive_failures=int(abort["max_consecutive_failures"]),
+                       window_requests=int(abort["window_requests"]),
+                       max_failure_share=float(abort["max_failure_share"]))
+    join = _JoinSink(sink)
+    driver = Driver(cfg, trace, system, join, start_s=start_s, not_before_s=not_before_s, progress=progress)
+    driver.stop_at_s = until_s
+    crashed: list[str] = []
+
+    async def watch():
+        while True:
+            await asyncio.sleep(0.2)
+            dead = cluster.dead()
+            if dead and not crashed:
+                crashed.extend(dead)
+    watcher = asyncio.create_task(watch())
+    try:
+        facts = await driver.run()
+    finally:
+        watcher.cancel()
+        t_end = (time.perf_counter_ns() - driver.t0_ns) * 1e-9
+        samples, breakdowns = {}, {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            for part, url in cluster.metrics_urls.items():
+                try:
+                    async with s.get(url) as r:
+                        samples[part] = parse(await r.text())
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+            try:
+                async with s.get(cluster.router_url + "/breakdowns") as r:
+                    breakdowns = await r.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+        join.flush(breakdowns)
+        rows = _link_rows(system, samples, t_end)
+        if rows["system"]:
+            sink.links(rows)
+    if crashed:
+        facts["driver"]["crashed"] = crashed
+        if not facts["driver"].get("aborted") and facts["driver"].get("requests_failed"):
+            facts["driver"]["aborted"] = f"aborted: cluster part(s) {', '.join(crashed)} died mid-run"
+    return facts
+
+
+def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, not_before_s, sink,
+               progress=None, until_s: float | None = None) -> dict:
+    with Cluster(scenario, system, trace) as cluster:
+        facts = asyncio.run(_run(cluster, scenario, trace, system, start_s, not_before_s, sink, progress, until_s))
+    facts["live"] = {"transport": cluster.live["transport"], "time_scale": cluster.live["time_scale"],
+                     "pids": cluster.pids()}
+    return facts

@@ -1,0 +1,152 @@
+"""`backend: live` end to end with real processes on free 127.0.0.1 ports: a whole run (both systems),
+the per-link byte counters against the bytes the requests needed, an engine killed mid-run (exit 1, rows
+kept), and no process of the cluster left after a run, after Ctrl-C and after the harness crashes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.prometheus import parse
+
+LIVE = Path(__file__).resolve().parents[1] / "scenarios" / "live"
+UP = re.compile(r"live cluster \((\S+)\): router (\S+) pids (.*)")
+
+
+def scenario(tmp_path, agents=3, **extra) -> Path:
+    s = yaml.safe_load((LIVE / "io-bound-1p1d.yaml").read_text())
+    s["trace"]["synth"]["agents"] = agents
+    s["model"] = str(LIVE / s["model"])
+    s["hardware"] = str(LIVE / s["hardware"])
+    s.update(extra)
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return path
+
+
+def gone(pids, timeout_s=15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return True
+        time.sleep(0.05)  # polling a condition, bounded
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of a process that is itself gone counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=240, **kw)
+
+
+def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli(["run", str(scenario(tmp_path)), "-o", str(out), "--json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    pids = [p for s in summary["systems"].values() for p in s["live"]["pids"]]
+    assert len(pids) == 8 and gone(pids)
+    req = pd.read_parquet(out / "requests.parquet")
+    links = pd.read_parquet(out / "links.parquet")
+    assert set(req.system) == {"basic", "dualpath"} and (req.status == "ok").all()
+    assert req[["queue_s", "read_s", "prefill_s", "kv_transfer_s"]].notna().all().all()
+    for system, rows in req.groupby("system"):
+        lk = links[links.system == system]
+        snic_rx = lk[(lk.link == "snic") & (lk.direction == "rx") & (lk.traffic == "kv_read")]
+        needed = int(req[(req.system == system)].read_bytes.sum())
+        per_side = snic_rx.groupby("node").bytes.sum()
+        if system == "basic":  # the PE side only
+            assert set(per_side.index) == {"node0"} and per_side.sum() == needed > 0
+        else:  # the SNIC bytes split between the PE and the DE nodes
+            assert set(per_side.index) == {"node0", "node1"} and per_side.min() > 0
+            assert per_side.sum() == needed
+            de_bytes = int(rows[rows.read_side == "de"].read_bytes.sum())
+            assert per_side["node1"] == de_bytes
+            de_read = (rows.read_side == "de")
+            assert de_read.any() and (rows.read_side == "pe").any()
+
+
+def test_an_engine_killed_mid_run_ends_the_run_with_exit_1_and_its_rows(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(scenario(tmp_path, agents=6)), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        router, pids = _wait_up(proc)
+        _wait_ok_requests(router, 1)
+        os.kill(pids["de0"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err[-2000:]
+    assert "error: basic" in err
+    assert gone(pids.values())
+    req = pd.read_parquet(out / "requests.parquet")
+    assert (req.status == "ok").sum() >= 1 and (req.status == "error").sum() >= 1
+
+
+@pytest.mark.parametrize("how", ["sigint", "crash"])
+def test_no_process_of_the_cluster_outlives_ctrl_c_or_a_crash(tmp_path, how):
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(scenario(tmp_path, agents=6)),
+                             "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        router, pids = _wait_up(proc)
+        _wait_ok_requests(router, 1)
+        proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (130 if how == "sigint" else -signal.SIGKILL)
+    assert gone(pids.values())
+
+
+def _wait_up(proc, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = UP.search(line)
+        if m:
+            pids = dict(kv.split("=") for kv in m.group(3).split())
+            return m.group(2), {k: int(v) for k, v in pids.items()}
+    pytest.fail("the live cluster did not come up")
+
+
+def _wait_ok_requests(router: str, n: int, timeout_s=60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(router + "/metrics", timeout=5).read().decode()
+        ok = sum(v for name, lab, v in parse(text) if name == "dualpath_router_requests_total" and lab["status"] == "ok")
+        if ok >= n:
+            return
+        time.sleep(0.05)  # polling a condition, bounded
+    pytest.fail(f"no {n} finished request(s) within {timeout_s} s")
