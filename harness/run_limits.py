@@ -84,8 +84,8 @@ def check_run(scenario: dict, trace: Trace, start_s: np.ndarray | None = None) -
         largest = float(np.max(trace.expected_cached_tokens())) * cost.kv_bytes_per_token
         if largest > shape.dram_buffer_bytes:
             raise InputError(f"a node's staging buffer of {shape.dram_buffer_bytes / 1e9:g} GB cannot hold the trace's "
-                             f"largest KV read ({largest / 1e9:.2f} GB of {model.name} KV), so that read would never "
-                             f"start; use at least {largest / 1e9:.2f}", field="cluster.dram_buffer_gb")
+                             f"largest KV read ({largest / 1e9:.2f} GB of {model.name} KV), so such a read could only run "
+                             f"alone in an empty buffer, stalling the node's other reads; use at least {largest / 1e9:.2f}", field="cluster.dram_buffer_gb")
 
 
 def check_capacity(scenario: dict, cfg: dict) -> None:

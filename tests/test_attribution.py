@@ -106,7 +106,7 @@ def test_holdings_of_a_known_request_give_known_occupancy():
 
 def test_a_tiny_staging_buffer_is_named_in_the_verdict(cli, tmp_path):
     out = tmp_path / "buf"
-    res = cli("run", SCENARIO, *SMALL, "--set", "cluster.dram_buffer_gb=0.3", "-o", out)
+    res = cli("run", SCENARIO, *SMALL, "--set", "cluster.dram_buffer_gb=0.4", "-o", out)
     assert res.rc == 0, res.err
     dual = json.loads((out / "summary.json").read_text())["systems"]["dualpath"]
     assert dual["utilisation"]["wait_dram_buffer"] >= A.WAIT_SHARE > dual["utilisation"]["wait_pe_hbm"]
