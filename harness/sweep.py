@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import re
-from pathlib import Path
 from typing import Sequence
 
 from traces.errors import InputError

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from engines.live.compute import ComputeThread, cost_model
 from engines.live.pacer import Pacer
+from engines.live.serving import serve_until_cancelled
 from engines.live.store import chain_keys
 from engines.live.transport import ChannelClosed, connect, serve
 
@@ -303,16 +304,5 @@ async def run(cfg: dict, role: str, ready=None) -> None:
     eng = PrefillEngine(cfg) if role == "pe" else DecodeEngine(cfg)
     host = cfg.get("host", "127.0.0.1")
     data_task, data_port = await serve(eng.kind, host, int(cfg.get("data_port", 0)), eng.route)
-    runner = web.AppRunner(eng.app(), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, int(cfg.get("http_port", 0)))
-    await site.start()
-    if ready is not None:
-        ready(site._server.sockets[0].getsockname()[1], data_port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        data_task.cancel()
-        await asyncio.gather(data_task, return_exceptions=True)
-        await runner.cleanup()
-        eng.compute.close()
+    await serve_until_cancelled(eng.app(), host, int(cfg.get("http_port", 0)), data_task, data_port, ready,
+                                on_close=eng.compute.close)

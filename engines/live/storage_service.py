@@ -12,13 +12,13 @@ Started as `dualpath engine --role storage --config FILE` (harness/cli_live.py).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest, CONTENT_TYPE_LATEST
 
 from engines.live.pacer import Pacer
+from engines.live.serving import serve_until_cancelled
 from engines.live.store import BlockStore
 from engines.live.transport import ChannelClosed, serve
 
@@ -106,16 +106,4 @@ async def run(cfg: dict, ready=None) -> None:
     host = cfg.get("host", "127.0.0.1")
     data_task, data_port = await serve(cfg.get("transport", "tcp"), host, int(cfg.get("data_port", 0)),
                                        svc.on_channel)
-    runner = web.AppRunner(svc.app(), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, int(cfg.get("http_port", 0)))
-    await site.start()
-    http_port = site._server.sockets[0].getsockname()[1]
-    if ready is not None:
-        ready(http_port, data_port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        data_task.cancel()
-        await asyncio.gather(data_task, return_exceptions=True)
-        await runner.cleanup()
+    await serve_until_cancelled(svc.app(), host, int(cfg.get("http_port", 0)), data_task, data_port, ready)
