@@ -57,6 +57,9 @@ def load_config(path: str, role: str) -> dict:
     return data
 
 
+STOP_GRACE_S = 5  # seconds a part may take to stop after SIGINT/SIGTERM (its parent's death included)
+
+
 def cmd_engine(args) -> int:
     if args.role not in BUILT:
         raise InputError(f"role {args.role} is not built yet (built: {', '.join(BUILT)})", field="--role")
@@ -72,8 +75,11 @@ def cmd_engine(args) -> int:
     async def main():
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        def stop() -> None:
+            signal.alarm(STOP_GRACE_S)  # an orderly stop that hangs is ended by SIGALRM's default action
+            task.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         try:
             await runners[args.role]()
         except asyncio.CancelledError:
