@@ -25,6 +25,19 @@ def _sum_min(cached: int, new: int, cap: int) -> float:
     return m * cached + m * (m + 1) / 2 + (new - m) * cap
 
 
+@functools.lru_cache(maxsize=4096)
+def _batch_speed(requests: float) -> float:
+    """CostModel.batch_speed, memoised (a handful of distinct batch sizes, asked several times a step)."""
+    n = max(1.0, requests)
+    pts = BATCH_SPEEDUP
+    if n >= pts[-1][0]:
+        return 1.0
+    for (n0, s0), (n1, s1) in zip(pts, pts[1:]):
+        if n <= n1:
+            return (s0 + (s1 - s0) * (n - n0) / (n1 - n0)) / pts[-1][1]
+    return 1.0
+
+
 def _sum_ctx(cached: int, new: int) -> float:
     """sum over q = 1..new of (cached + q): causal attention pairs of a chunk."""
     return new * cached + new * (new + 1) / 2
@@ -105,15 +118,23 @@ class CostModel:
                 self._rate(g.peak_flops_fp8, k.indexer_mfu), self._rate(self._linear_peak, k.linear_mfu))
 
     def prefill_attention_s(self, cached: int, new: int) -> float:
-        """Per-GPU attention-layer time of one chunk (projections + attention + indexer)."""
+        """Per-GPU attention-layer time of one chunk (projections + attention + indexer).
+
+        `_sum_ctx` and `_sum_min` written inline, with the same arithmetic (so the same bits): this runs
+        several times per PE per prefill step."""
         if new <= 0:
             return 0.0
         cap, pair, idx_pair, proj, r_attn, r_idx, r_lin = self._prefill_attention_terms
+        ctx = new * cached + new * (new + 1) / 2
         if cap is None:
-            attn, idx = pair * _sum_ctx(cached, new), 0.0
-        else:
-            attn, idx = pair * _sum_min(cached, new, cap), idx_pair * _sum_ctx(cached, new)
-        return attn / r_attn + idx / r_idx + proj * new / r_lin
+            return pair * ctx / r_attn + 0.0 / r_idx + proj * new / r_lin
+        m = cap - cached
+        if m < 0:
+            m = 0
+        if new < m:
+            m = new
+        return pair * (m * cached + m * (m + 1) / 2 + (new - m) * cap) / r_attn + idx_pair * ctx / r_idx \
+            + proj * new / r_lin
 
     @property
     def ffn_flops_per_token(self) -> float:
@@ -133,14 +154,7 @@ class CostModel:
 
         reference/paper.md 1.5, Fig. 3 right (30K context + 300 appended tokens): bs 1, 2, 3, 5, 10, 20
         give 1.0, 1.7, 2.1, 2.6, 2.9, 3.0x the token throughput of bs 1; linear in between."""
-        n = max(1.0, requests)
-        pts = BATCH_SPEEDUP
-        if n >= pts[-1][0]:
-            return 1.0
-        for (n0, s0), (n1, s1) in zip(pts, pts[1:]):
-            if n <= n1:
-                return (s0 + (s1 - s0) * (n - n0) / (n1 - n0)) / pts[-1][1]
-        return 1.0
+        return _batch_speed(requests)
 
     def max_chunk(self, cached: int, new: int, budget_s: float) -> int:
         """Largest chunk (<= new tokens) whose attention time fits in budget_s.

@@ -9,12 +9,10 @@ time is sum(attention_s) / speed(n).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 
-@dataclass(frozen=True)
-class BatchItem:
+class BatchItem(NamedTuple):  # a named tuple: made once per request per prefill step, so cheap to make
     index: int        # position in the engine's ready queue
     cached: int       # KV tokens available (storage hit + earlier chunks)
     tokens: int       # tokens to compute in this batch

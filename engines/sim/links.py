@@ -117,6 +117,7 @@ class Network:
         self.windows: list[list[float]] = []  # windows[w][link.id * len(TRAFFIC) + traffic] = bytes
         self.active = 0
         self._dirty: dict[Flow, None] = {}    # flows whose share may have changed at this instant
+        self._cols: dict[tuple, list] = {}     # (links, meters, traffic) -> telemetry columns
 
     def add_link(self, node: int, name: str, direction: str, capacity: float | None) -> Link:
         link = Link(len(self.links), node, name, direction, capacity)
@@ -129,9 +130,13 @@ class Network:
     def start(self, size: float, links: tuple, meters: tuple, traffic: str, on_done: Callable[[], None]) -> Flow:
         """Start moving `size` bytes over `links` (constraining) and `meters` (recorded only)."""
         now = self.loop.now
-        t = _TRAFFIC_INDEX[traffic]
-        nt = len(TRAFFIC)
-        flow = Flow(float(size), links, [link.id * nt + t for link in links + meters], on_done, now)
+        key = (links, meters, traffic)
+        cols = self._cols.get(key)
+        if cols is None:
+            t = _TRAFFIC_INDEX[traffic]
+            nt = len(TRAFFIC)
+            cols = self._cols[key] = [link.id * nt + t for link in links + meters]
+        flow = Flow(float(size), links, cols, on_done, now)
         if size <= 0:
             self.loop.at(now, on_done)
             return flow
@@ -142,9 +147,13 @@ class Network:
                 alone = False
             link.flows[flow] = None
         if alone:  # nobody to share with: its rate is the narrowest link, nothing else changes
-            flow.rate = min((link.capacity for link in links), default=1e18)
-            flow.version += 1
-            self.loop.at(now + flow.left / flow.rate, self._done, flow, flow.version)
+            rate = 1e18
+            for link in links:
+                if link.capacity < rate:
+                    rate = link.capacity
+            flow.rate = rate
+            flow.version = 1
+            self.loop.at(now + flow.left / rate, self._done, flow, 1)
             return flow
         dirty = self._dirty
         if not dirty:
@@ -164,13 +173,16 @@ class Network:
         if dt > 0 and flow.rate > 0:
             moved = min(flow.left, flow.rate * dt)
             flow.left -= moved
-            self._record(flow, flow.t_last, now, moved)
+            self._record_cols(flow.cols, flow.t_last, now, moved)
         flow.t_last = now
 
     def _rerate(self, flows, now: float) -> None:
-        loop = self.loop
+        at = self.loop.at
+        done = self._done
+        record = self._record_cols
         for flow in flows:
-            if flow.left <= 0:
+            left = flow.left
+            if left <= 0:
                 continue  # finished at this instant
             rate = math.inf
             for link in flow.links:
@@ -179,11 +191,20 @@ class Network:
                     rate = share
             if rate == math.inf:
                 rate = 1e18  # no constraining link: effectively instantaneous
-            if rate != flow.rate:
-                self._advance(flow, now)
+            old = flow.rate
+            if rate != old:
+                dt = now - flow.t_last  # self._advance(flow, now), inline
+                if dt > 0 and old > 0:
+                    moved = old * dt
+                    if left < moved:
+                        moved = left
+                    left -= moved
+                    flow.left = left
+                    record(flow.cols, flow.t_last, now, moved)
+                flow.t_last = now
                 flow.rate = rate
-                flow.version += 1
-                loop.at(now + flow.left / rate, self._done, flow, flow.version)
+                version = flow.version = flow.version + 1
+                at(now + left / rate, done, flow, version)
 
     def _done(self, flow: Flow, version: int) -> None:
         if version != flow.version:
@@ -195,11 +216,12 @@ class Network:
         self.active -= 1
         dirty = self._dirty
         for link in flow.links:
-            link.flows.pop(flow, None)
-            if link.flows:
+            flows = link.flows
+            del flows[flow]
+            if flows:
                 if not dirty:
                     self.loop.at(now, self._flush)
-                dirty.update(link.flows)
+                dirty.update(flows)
         flow.on_done()
 
     # ----- telemetry ---------------------------------------------------------------------------
@@ -214,8 +236,14 @@ class Network:
 
     def _record_cols(self, cols: list, t0: float, t1: float, moved: float) -> None:
         ws = self.window_s
-        w0, w1 = int(t0 / ws), int(t1 / ws)
+        w0 = int(t0 / ws)
+        w1 = int(t1 / ws)
         windows = self.windows
+        if w0 == w1 and w1 < len(windows):  # the common case: inside one window that exists
+            row = windows[w0]
+            for c in cols:
+                row[c] += moved
+            return
         if len(windows) <= w1:
             width = len(self.links) * len(TRAFFIC)
             while len(windows) <= w1:

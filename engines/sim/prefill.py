@@ -70,13 +70,15 @@ class PrefillGroup:
         """Layer-wise prefill streams a PE-path request's whole KV to its DE buffer from its first chunk."""
         return self.streams and req.chunks == 0 and req.read_side != "de"
 
-    def _candidates(self, pe: Engine, park: list):
+    def _candidates(self, pe: Engine, park: list, out: list):
         """This PE's ready requests in order, less those whose DE buffer has no room (held: parked until
-        that buffer frees, or skipped when only this batch's own reservations crowd it out)."""
+        that buffer frees, or skipped when only this batch's own reservations crowd it out), as the
+        (cached, remaining) shapes batching packs; each request yielded is appended to `out`."""
         now = self.loop.now
         reserve: dict[Capacity, float] = {}
+        streams = self.streams
         for _, req in pe.ready:
-            if self._needs_de_buffer(req):
+            if streams and req.chunks == 0 and req.read_side != "de":  # self._needs_de_buffer(req)
                 buf = self.de_buffer(req)
                 need = req.prompt_bytes
                 extra = reserve.get(buf, 0.0)
@@ -87,7 +89,8 @@ class PrefillGroup:
                         park.append((pe, req, buf))
                     continue
                 reserve[buf] = extra + need
-            yield req
+            out.append(req)
+            yield req.cached_now, req.remaining
 
     def _waker(self, buf: Capacity) -> Callable[[], None]:
         waker = self._wakers.get(buf)
@@ -104,16 +107,11 @@ class PrefillGroup:
         cost = self.cost
         candidates: list = []
         park: list = []
-
-        def shapes():
-            for req in self._candidates(pe, park):
-                candidates.append(req)
-                yield req.cached_now, req.remaining
-
+        shapes = self._candidates(pe, park, candidates)
         if self.chunked:
-            packed = pack_chunked(shapes(), cost.prefill_attention_s, cost.max_chunk, self.quota_s, cost.batch_speed)
+            packed = pack_chunked(shapes, cost.prefill_attention_s, cost.max_chunk, self.quota_s, cost.batch_speed)
         else:
-            packed = pack_whole(shapes(), cost.prefill_attention_s, self.quota_s, cost.batch_speed)
+            packed = pack_whole(shapes, cost.prefill_attention_s, self.quota_s, cost.batch_speed)
         for p, req, buf in park:
             pe.ready.remove((req.ready_order, req))
             self.parked.setdefault(buf, []).append((p, req))
@@ -145,8 +143,12 @@ class PrefillGroup:
                 speed = cost.batch_speed(len(batch))
                 batch = [(req, ntok, attn / speed) for req, ntok, attn in batch]  # batch-size efficiency
                 items.append((pe, batch))
-                attn_max = max(attn_max, sum(b[2] for b in batch))
-                tokens += sum(b[1] for b in batch)
+                attn = 0
+                for b in batch:
+                    attn += b[2]
+                    tokens += b[1]
+                if attn > attn_max:
+                    attn_max = attn
                 requests += len(batch)
         if not items:
             return

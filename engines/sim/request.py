@@ -11,7 +11,7 @@ class Request:
                  "t_sched", "t_dispatch", "t_read_start", "t_read_done", "t_first", "t_second",
                  "t_decode", "t_done", "pe", "de", "read_side", "remaining", "cached_now", "chunks",
                  "outstanding", "prefilled", "pe_dram", "de_dram", "pe_hbm", "decode_ctx", "read_bytes",
-                 "t_held", "alloc_s", "alloc_s_at_read", "ready_order")
+                 "t_held", "alloc_s", "alloc_s_at_read", "ready_order", "hit_bytes", "prompt_bytes")
 
     def __init__(self, agent: int, rnd: int, prompt: int, hit: int, gen: int, t_sched: float, kv_per_token: float):
         self.agent = agent
@@ -23,6 +23,8 @@ class Request:
         self.length = prompt                       # the scheduler's token count for the request
         self.kv = kv_per_token
         self.hbm_need = (prompt + gen) * kv_per_token  # DE HBM for its whole decode
+        self.hit_bytes = hit * kv_per_token            # KV bytes read from storage
+        self.prompt_bytes = prompt * kv_per_token      # KV bytes of the whole prompt
         self.t_sched = t_sched
         self.t_dispatch = self.t_read_start = self.t_read_done = NAN
         self.t_first = self.t_second = self.t_decode = self.t_done = NAN
@@ -53,11 +55,3 @@ class Request:
         if self.t_held == self.t_held:
             self.alloc_s += now - self.t_held
             self.t_held = NAN
-
-    @property
-    def hit_bytes(self) -> float:
-        return self.hit * self.kv
-
-    @property
-    def prompt_bytes(self) -> float:
-        return self.prompt * self.kv
