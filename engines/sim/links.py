@@ -231,9 +231,6 @@ class Network:
         t = _TRAFFIC_INDEX[traffic]
         self._record_cols([link.id * nt + t for link in links], t0, max(t1, t0), nbytes)
 
-    def _record(self, flow: Flow, t0: float, t1: float, moved: float) -> None:
-        self._record_cols(flow.cols, t0, t1, moved)
-
     def _record_cols(self, cols: list, t0: float, t1: float, moved: float) -> None:
         ws = self.window_s
         w0 = int(t0 / ws)

@@ -76,9 +76,8 @@ class PrefillGroup:
         (cached, remaining) shapes batching packs; each request yielded is appended to `out`."""
         now = self.loop.now
         reserve: dict[Capacity, float] = {}
-        streams = self.streams
         for _, req in pe.ready:
-            if streams and req.chunks == 0 and req.read_side != "de":  # self._needs_de_buffer(req)
+            if self._needs_de_buffer(req):
                 buf = self.de_buffer(req)
                 need = req.prompt_bytes
                 extra = reserve.get(buf, 0.0)
