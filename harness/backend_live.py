@@ -163,6 +163,9 @@ class Cluster:
                 p.stdout.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def pid_of(self, name: str) -> int:
+        return next(p.pid for n, p in self.procs if n == name)
+
     def pids(self) -> list[int]:
         return [p.pid for _, p in self.procs]
 

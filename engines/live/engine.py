@@ -56,6 +56,7 @@ class Part:
         self.storage_lock = asyncio.Lock()
         self.peers: dict[tuple, object] = {}
         self.inbox: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)  # rid -> frames for it
+        self.pulls: dict[str, object] = {}  # rid -> the channel its frames come on (failed if it drops)
 
     def count(self, link: str, direction: str, traffic: str, n: int) -> None:
         if n:
@@ -113,8 +114,9 @@ class Part:
                 self.count("cnic", "rx", header.get("traffic", "kv_transfer"), view.nbytes)
                 await self.on_frame(ch, header, np.frombuffer(bytes(view), dtype=np.uint8) if view.nbytes else None)
         except ChannelClosed:
-            for q in self.inbox.values():
-                q.put_nowait(None)  # waiting requests fail now, not at their timeout
+            for rid, c in list(self.pulls.items()):
+                if c is ch:  # requests waiting on this peer fail now, not at their timeout (others go on)
+                    self.inbox[rid].put_nowait(None)
         finally:
             ch.close()
 
@@ -122,7 +124,11 @@ class Part:
         self.inbox[header["rid"]].put_nowait((header, payload))
 
     async def next_frame(self, rid: str) -> tuple[dict, object]:
-        item = await asyncio.wait_for(self.inbox[rid].get(), WAIT_S)
+        try:
+            item = await asyncio.wait_for(self.inbox[rid].get(), WAIT_S)
+        finally:
+            self.pulls.pop(rid, None)
+            self.inbox.pop(rid, None)
         if item is None:
             raise ConnectionError("the peer engine's connection dropped")
         return item
@@ -169,6 +175,7 @@ class PrefillEngine(Part):
             if side == "pe":
                 await self.read_blocks(body["keys"], kv)
             elif side == "de" and hit_blocks:
+                self.pulls[rid] = ch
                 await ch.send({"op": "pull", "rid": rid, "keys": body["keys"], "prompt_tokens": prompt})
                 header, payload = await self.next_frame(rid)  # the hit KV, layer-major, over the compute link
                 kv[:, :hit * self.bpt] = payload.reshape(self.layers, hit * self.bpt)
@@ -207,7 +214,7 @@ class DecodeEngine(Part):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self.buffers: dict[str, np.ndarray] = {}       # rid -> prompt KV, layer-major (the DE buffer)
-        self.ready: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.ready: dict[str, _Ready] = defaultdict(_Ready)
         self.batch: list[dict] = []
         self.wake = asyncio.Event()
         self.stepper: asyncio.Task | None = None
@@ -294,10 +301,34 @@ class DecodeEngine(Part):
                 if s["left"] <= 0:
                     self.batch.remove(s)
 
+    async def abort(self, request):
+        """The router's word that a request's prefill failed: its decode stops waiting for the KV."""
+        rid = (await request.json())["rid"]
+        self.ready[rid].fail("its prefill failed")  # (a decode that never comes leaves this small entry)
+        self.buffers.pop(rid, None)
+        return web.json_response({"ok": True})
+
     def app(self) -> web.Application:
         app = super().app()
         app.router.add_post("/decode", self.decode)
+        app.router.add_post("/abort", self.abort)
         return app
+
+
+class _Ready(asyncio.Event):
+    """Set when a request's KV is all in the DE buffer; `fail(why)` wakes its waiter with an error."""
+
+    error: str | None = None
+
+    def fail(self, why: str) -> None:
+        self.error = why
+        self.set()
+
+    async def wait(self) -> bool:
+        await super().wait()
+        if self.error:
+            raise ConnectionError(self.error)
+        return True
 
 
 async def run(cfg: dict, role: str, ready=None) -> None:
