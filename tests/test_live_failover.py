@@ -161,8 +161,11 @@ def test_a_killed_engine_fails_what_it_held_and_the_router_serves_on_the_others(
             async with s.get(url + "/health") as r:
                 health = await r.json()
             assert r.status == 503 and health["gone"] == [victim] and victim in health["dead"]
-            later = [await _complete(s, url, list(range(5000 + 100 * i, 5000 + 100 * i + 64)), 3) for i in range(4)]
-            assert [st for st, _ in later] == [200] * 4
+            # at once, and more tokens than the dead engine held: had the dispatcher kept it, it would be the
+            # least loaded again before these are placed
+            later = await asyncio.gather(*(_complete(s, url, list(range(10_000 * (i + 1), 10_000 * (i + 1) + 400)), 3)
+                                           for i in range(8)))
+            assert [st for st, _ in later] == [200] * 8
             assert {b["dualpath"][role] for _, b in later} == {f"{role}{1 - int(victim[-1])}"}
             assert all(len(b["choices"][0]["token_ids"]) == 3 for _, b in later)
 
