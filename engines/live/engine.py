@@ -52,8 +52,10 @@ class Part:
         self.link_bytes = Counter("dualpath_link_bytes", "bytes moved per link, direction and traffic class",
                                   ["device", "direction", "traffic"], registry=self.registry)
         self.active = Gauge("dualpath_engine_requests", "requests held by the engine", registry=self.registry)
-        self.storage = None                 # channel to the storage service
-        self.storage_lock = asyncio.Lock()
+        # channels to the storage service, one for reads and one for writes: a node's SNIC is full duplex
+        # (reads are rx, write-backs tx), so a DE's write-back never waits behind a long read (or the reverse)
+        self.storage: dict[str, object] = {}
+        self.storage_lock = {"read": asyncio.Lock(), "write": asyncio.Lock()}
         self.peers: dict[tuple, object] = {}
         self.inbox: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)  # rid -> frames for it
         self.pulls: dict[str, object] = {}  # rid -> the channel its frames come on (failed if it drops)
@@ -62,18 +64,19 @@ class Part:
         if n:
             self.link_bytes.labels(f"node{self.node}_{link}", direction, traffic).inc(n)
 
-    async def storage_channel(self):
-        if self.storage is None or self.storage.closed:
+    async def storage_channel(self, use: str):
+        ch = self.storage.get(use)
+        if ch is None or ch.closed:
             s = self.cfg["storage"]
-            self.storage = await connect(self.kind, s["host"], int(s["data_port"]))
-        return self.storage
+            ch = self.storage[use] = await connect(self.kind, s["host"], int(s["data_port"]))
+        return ch
 
     async def read_blocks(self, keys: list[str], into: np.ndarray) -> int:
         """Read Full Blocks from storage (this node's SNIC) into `into` (layer-major [layers, tokens, bpt])."""
         if not keys:
             return 0
-        async with self.storage_lock:
-            ch = await self.storage_channel()
+        async with self.storage_lock["read"]:
+            ch = await self.storage_channel("read")
             await ch.send({"op": "read", "keys": keys, "node": self.node})
             i = 0
             while True:
@@ -92,8 +95,8 @@ class Part:
     async def write_blocks(self, keys: list[bytes], kv: np.ndarray, first: int) -> None:
         """Write blocks `first..` of the layer-major `kv` back to storage (traffic kv_write)."""
         bt = self.block_tokens * self.bpt
-        async with self.storage_lock:
-            ch = await self.storage_channel()
+        async with self.storage_lock["write"]:
+            ch = await self.storage_channel("write")
             for b in range(first, len(keys)):
                 block = np.ascontiguousarray(kv[:, b * bt:(b + 1) * bt])
                 await ch.send({"op": "write", "key": keys[b].hex(), "node": self.node}, block, traffic="kv_write")
