@@ -60,7 +60,7 @@ def test_the_cluster_paces_the_live_rates_and_notes_where_they_leave_the_profile
     s["live"] = {"transport": "tcp", **live}
     cost = backend_live._cost(s)
     k = cost.k
-    assert cost.snic_rate == pytest.approx((snic or 0.2) * 1e9 / 8 * k.snic_efficiency)
+    assert cost.snic_rate == pytest.approx((snic or 0.1) * 1e9 / 8 * k.snic_efficiency)
     assert cost.cnic_rate == pytest.approx((cnic or 4.0) * 1e9 / 8 * k.cnic_efficiency)
     assert cost.alpha_tokens() == pytest.approx(cost.snic_rate * k.alpha_read_s / cost.kv_bytes_per_token)
     backend_live.check(s, None)
