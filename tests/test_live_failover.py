@@ -173,3 +173,42 @@ def test_a_killed_engine_fails_what_it_held_and_the_router_serves_on_the_others(
         pids = cluster.pids()
         asyncio.run(scenario_run(cluster))
     assert gone(pids)
+
+
+def test_serve_keeps_serving_when_an_engine_dies_and_stops_when_a_role_is_gone(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from test_live_cluster import _wait_up
+    path = tmp_path / "serve.yaml"
+    path.write_text((LIVE / "io-bound-1p1d.yaml").read_text().replace("decode_nodes: 1", "decode_nodes: 2")
+                    .replace("model: live-tiny", f"model: {LIVE}/live-tiny").replace("hardware: live-host",
+                                                                                      f"hardware: {LIVE}/live-host"))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        router, pids = _wait_up(proc)
+        os.kill(pids["de1"], signal.SIGKILL)
+        body = json.dumps({"prompt": list(range(1, 65)), "max_tokens": 2}).encode()
+        outcomes = []
+        for _ in range(3):  # the router serves on de0 (the first may meet de1 before a probe found it gone)
+            req = urllib.request.Request(router + "/v1/completions", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    assert json.loads(r.read())["dualpath"]["de"] == "de0"
+                    outcomes.append("ok")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 502 and b"de1 died" in exc.read()
+                outcomes.append("failed")
+        assert outcomes[1:] == ["ok", "ok"]
+        assert proc.poll() is None  # still serving
+        os.kill(pids["de0"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "de1 died" in err and "every de gone; stopping the cluster" in err, err[-2000:]
+    assert gone(pids.values())
