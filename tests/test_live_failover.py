@@ -200,9 +200,12 @@ def test_serve_keeps_serving_when_an_engine_dies_and_stops_when_a_role_is_gone(t
                     assert json.loads(r.read())["dualpath"]["de"] == "de0"
                     outcomes.append("ok")
             except urllib.error.HTTPError as exc:
-                assert exc.code == 502 and b"de1 died" in exc.read()
-                outcomes.append("failed")
-        assert outcomes[1:] == ["ok", "ok"]
+                msg = exc.read()
+                assert exc.code == 502 and b"de1 died" in msg, msg
+                outcomes.append(msg)
+        # at most the request placed before the router knew: after it, every one is served (the same prompt:
+        # fully stored after the first, so these also read a whole prompt on the DE side, nothing new)
+        assert outcomes.count("ok") >= 2 and outcomes[-1] == "ok", outcomes
         assert proc.poll() is None  # still serving
         os.kill(pids["de0"], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)

@@ -232,7 +232,8 @@ class DecodeEngine(Part):
         rid, op = header["rid"], header["op"]
         if op == "kv":
             kv = self.buffer(rid, int(header["prompt_tokens"]))
-            kv[int(header["layer"]), int(header["from"]):] = payload
+            if payload is not None:  # None: a prompt whose every token was read on this side (nothing new)
+                kv[int(header["layer"]), int(header["from"]):] = payload
         elif op == "kv_done":
             self.ready[rid].set()
         elif op == "pull":  # the DE read path: storage -> this DE's buffer -> the PE
