@@ -15,6 +15,7 @@ Control is HTTP (the router's calls, /health, /metrics); KV moves on transport c
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 
@@ -116,7 +117,10 @@ class Part:
                 header, view = await ch.recv()
                 self.count("cnic", "rx", header.get("traffic", "kv_transfer"), view.nbytes)
                 await self.on_frame(ch, header, np.frombuffer(bytes(view), dtype=np.uint8) if view.nbytes else None)
-        except ChannelClosed:
+        except Exception as exc:  # noqa: BLE001 - a frame this engine cannot take ends the channel, said once
+            if not isinstance(exc, ChannelClosed):
+                print(f"{self.role}{self.cfg.get('index', '')}: closing a KV channel: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
             for rid, c in list(self.pulls.items()):
                 if c is ch:  # requests waiting on this peer fail now, not at their timeout (others go on)
                     self.inbox[rid].put_nowait(None)
