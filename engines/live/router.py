@@ -67,6 +67,7 @@ class Router:
                         registry=self.registry)
         self.session: aiohttp.ClientSession | None = None
         self.liveness = Liveness(cfg, lambda: self.session, self.engine_gone)
+        self.background: set[asyncio.Task] = set()
         for name in self.liveness.engines:
             self.up.labels(name).set(1)
 
@@ -178,7 +179,9 @@ class Router:
             decode.cancel()
             out["error"] = await self.blame(d, exc, f"pe{d.pe}")
             if not self.liveness.is_dead("de", d.de):
-                asyncio.create_task(self._abort(de, rid))
+                task = asyncio.create_task(self._abort(de, rid))
+                self.background.add(task)  # held until done (the loop keeps only weak references)
+                task.add_done_callback(self.background.discard)
         finally:
             if not self.liveness.is_dead("pe", d.pe):  # a dead engine's requests left the books with it
                 self.dispatcher.prefill_done(d.pe, len(tokens))
