@@ -3,8 +3,8 @@
 Per system: a fresh cluster (cold store) is started as separate processes, `dualpath engine --role
 storage|pe|de|router --config FILE` on 127.0.0.1 free ports (storage, then the PEs and DEs, then the
 router); each prints `READY {...}` once it listens. The open-loop driver (harness/driver.py) then replays
-the trace against the router, exactly as `backend: http` does; at the end the engines' and storage's
-/metrics byte counters become links rows (one row per counter for the whole run) and the router's
+the trace against the router, exactly as `backend: http` does; the engines' and storage's /metrics byte
+counters become links rows per telemetry window (harness/live_links.py) and, at the end, the router's
 per-request breakdowns are joined into the requests rows. Every process is stopped (SIGTERM, then
 SIGKILL) on every way out: the end, Ctrl-C, SIGTERM, a driver error, the crash of a part (which also
 fails the requests it held, so the driver's abort rules end the run). A part dies with this process too
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import json
 import os
 import select
@@ -33,9 +34,8 @@ import aiohttp
 import numpy as np
 import yaml
 
-from engines.contract import LINK_COLUMNS
 from harness.driver import ABORT_DEFAULTS, Driver, DriverConfig
-from harness.prometheus import parse
+from harness.live_links import LinkSampler
 from traces.errors import InputError
 from traces.schema import Trace
 
@@ -57,13 +57,36 @@ def check(scenario: dict, trace: Trace) -> None:
     try:
         live_settings(scenario)
         _cost(scenario)
+        notes = rate_notes(scenario)
     except InputError as exc:
         raise exc.at(scenario.get("_path")) from None
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _cost(scenario: dict):
+    """The cost model of the live cluster: the scenario's profiles, with `live.snic_gbps` (a node's SNIC line
+    rate) and `live.cnic_gbps` (a GPU's CNIC line rate) in place of the hardware profile's where set."""
     from engines.live.compute import cost_model
-    return cost_model(scenario["model"], scenario["hardware"], scenario.get("sim"))
+    cost = cost_model(scenario["model"], scenario["hardware"], scenario.get("sim"))
+    live = scenario.get("live") or {}
+    rates = {}
+    if live.get("snic_gbps") is not None:
+        rates.update(snic_count=1, snic_gbps=float(live["snic_gbps"]))
+    if live.get("cnic_gbps") is not None:
+        rates.update(cnic_gbps=float(live["cnic_gbps"]))
+    return dataclasses.replace(cost, hw=dataclasses.replace(cost.hw, **rates)) if rates else cost
+
+
+def rate_notes(scenario: dict) -> list[str]:
+    """One line per live rate that differs from the hardware profile's (the simulator keeps the profile's)."""
+    from engines.costmodel import hardware_spec
+    hw, live, notes = hardware_spec(scenario["hardware"]), scenario.get("live") or {}, []
+    for key, profile in (("snic_gbps", hw.snic_count * hw.snic_gbps), ("cnic_gbps", hw.cnic_gbps)):
+        if live.get(key) is not None and abs(float(live[key]) - profile) > 1e-9 * profile:
+            notes.append(f"live.{key} {float(live[key]):g} paces the live cluster, not hardware {hw.name}'s "
+                         f"{profile:g}: `--set backend=sim` simulates the profile's rate")
+    return notes
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -163,6 +186,9 @@ class Cluster:
                 p.stdout.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def pid_of(self, name: str) -> int:
+        return next(p.pid for n, p in self.procs if n == name)
+
     def pids(self) -> list[int]:
         return [p.pid for _, p in self.procs]
 
@@ -199,24 +225,6 @@ class _JoinSink:
         self.rows = []
 
 
-def _link_rows(system: str, samples_by_part: dict, t_end: float) -> dict:
-    rows = {c: [] for c in LINK_COLUMNS}
-    for part, samples in samples_by_part.items():
-        for name, labels, value in samples:
-            if name != "dualpath_link_bytes_total" or not value:
-                continue
-            node, _, link = labels["device"].partition("_")
-            rows["system"].append(system)
-            rows["t_start"].append(0.0)
-            rows["t_end"].append(t_end)
-            rows["node"].append(node)
-            rows["link"].append(link)
-            rows["direction"].append(labels["direction"])
-            rows["bytes"].append(int(value))
-            rows["traffic"].append(labels["traffic"])
-    return rows
-
-
 async def _run(cluster: Cluster, scenario: dict, trace: Trace, system: str, start_s, not_before_s, sink,
                progress, until_s) -> dict:
     abort = {**ABORT_DEFAULTS, **(scenario.get("abort") or {})}
@@ -237,26 +245,23 @@ async def _run(cluster: Cluster, scenario: dict, trace: Trace, system: str, star
             if dead and not crashed:
                 crashed.extend(dead)
     watcher = asyncio.create_task(watch())
+    links = LinkSampler(system, cluster.metrics_urls, float(scenario["telemetry"]["window_s"]))
+    sampler = asyncio.create_task(links.run())
     try:
         facts = await driver.run()
     finally:
         watcher.cancel()
+        sampler.cancel()
         t_end = (time.perf_counter_ns() - driver.t0_ns) * 1e-9
-        samples, breakdowns = {}, {}
+        breakdowns = {}
+        rows = await links.finish(t_end)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-            for part, url in cluster.metrics_urls.items():
-                try:
-                    async with s.get(url) as r:
-                        samples[part] = parse(await r.text())
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
             try:
                 async with s.get(cluster.router_url + "/breakdowns") as r:
                     breakdowns = await r.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
         join.flush(breakdowns)
-        rows = _link_rows(system, samples, t_end)
         if rows["system"]:
             sink.links(rows)
     if crashed:

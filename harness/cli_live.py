@@ -117,11 +117,20 @@ def cmd_serve(args) -> int:
 
 
 def _wait(cluster) -> None:
-    """Until Ctrl-C / SIGTERM (KeyboardInterrupt) or a part of the cluster dies (exit 1 then)."""
+    """Until Ctrl-C / SIGTERM (KeyboardInterrupt), or until the cluster cannot serve (exit 1 then): the
+    router or the storage died, or every PE or every DE did. An engine that dies while others of its role
+    are left is named once; the router serves on the others (failover)."""
     import time
+    told: set[str] = set()
+    names = [name for name, _ in cluster.procs]
     while True:
-        dead = cluster.dead()
-        if dead:
-            print(f"dualpath serve: {', '.join(dead)} died; stopping the cluster", file=sys.stderr)
+        dead = set(cluster.dead())
+        for name in sorted(dead - told):
+            print(f"dualpath serve: {name} died", file=sys.stderr, flush=True)
+        told |= dead
+        fatal = [n for n in ("router", "storage") if n in dead] + \
+            [f"every {role}" for role in ("pe", "de") if all(n in dead for n in names if n.startswith(role))]
+        if fatal:
+            print(f"dualpath serve: {', '.join(fatal)} gone; stopping the cluster", file=sys.stderr)
             raise SystemExit(1)
         time.sleep(0.5)

@@ -74,6 +74,9 @@ def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
     assert req[["queue_s", "read_s", "prefill_s", "kv_transfer_s"]].notna().all().all()
     for system, rows in req.groupby("system"):
         lk = links[links.system == system]
+        # one row per counter and telemetry window (1 s here): windows start on whole seconds, none is wider
+        assert ((lk.t_start % 1.0).abs() < 1e-9).all() and (lk.t_end - lk.t_start <= 1.0 + 1e-9).all()
+        assert lk.t_start.nunique() >= 2 and not lk.duplicated(["t_start", "node", "link", "direction", "traffic"]).any()
         snic_rx = lk[(lk.link == "snic") & (lk.direction == "rx") & (lk.traffic == "kv_read")]
         needed = int(req[(req.system == system)].read_bytes.sum())
         per_side = snic_rx.groupby("node").bytes.sum()

@@ -103,3 +103,43 @@ def test_storage_config_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "engine", "--role", "storage", "--config", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "layers" in r.stderr
+
+
+def test_an_engine_writes_back_while_its_long_read_runs(tmp_path):
+    """A SNIC is full duplex: a DE's write-back (tx) does not wait behind its own DE-side read (rx)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from engines.live.engine import Part
+    live = Path(__file__).resolve().parents[1] / "scenarios" / "live"
+    proc, ports = start(tmp_path, "tcp")
+
+    async def main():
+        part = Part({"node": 0, "layers": LAYERS, "block_tokens": BLOCK, "bytes_per_token_layer": BPT,
+                     "cnic_bytes_s": 1e9, "model": str(live / "live-tiny.model.yaml"),
+                     "hardware": str(live / "live-host.hardware.yaml"),
+                     "storage": {"host": "127.0.0.1", "data_port": ports["data_port"]}})
+        n = 40  # 40 x 64 KiB at 4 MB/s: the read takes >= 0.65 s
+        keys = chain_keys(list(range(n * BLOCK)), BLOCK)
+        kv = np.random.randint(0, 255, (LAYERS, n * BLOCK * BPT), dtype=np.uint8)
+        await part.write_blocks(keys, kv, 0)
+        into = np.zeros_like(kv)
+        read = asyncio.create_task(part.read_blocks([k.hex() for k in keys], into))
+        for _ in range(1000):  # until the read holds its channel (yields, bounded)
+            if part.storage_lock["read"].locked():
+                break
+            await asyncio.sleep(0)
+        new = chain_keys(list(range(7, 7 + 2 * BLOCK)), BLOCK)
+        await part.write_blocks(new, kv[:, :2 * BLOCK * BPT].copy(), 0)
+        written_while_reading = not read.done()
+        await read
+        for ch in part.storage.values():
+            ch.close()
+        part.compute.close()
+        return written_while_reading, bool((into == kv).all())
+    try:
+        written_while_reading, same = asyncio.run(main())
+    finally:
+        assert stop(proc) == 0
+    assert written_while_reading and same

@@ -15,6 +15,7 @@ Control is HTTP (the router's calls, /health, /metrics); KV moves on transport c
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 
@@ -52,27 +53,31 @@ class Part:
         self.link_bytes = Counter("dualpath_link_bytes", "bytes moved per link, direction and traffic class",
                                   ["device", "direction", "traffic"], registry=self.registry)
         self.active = Gauge("dualpath_engine_requests", "requests held by the engine", registry=self.registry)
-        self.storage = None                 # channel to the storage service
-        self.storage_lock = asyncio.Lock()
+        # channels to the storage service, one for reads and one for writes: a node's SNIC is full duplex
+        # (reads are rx, write-backs tx), so a DE's write-back never waits behind a long read (or the reverse)
+        self.storage: dict[str, object] = {}
+        self.storage_lock = {"read": asyncio.Lock(), "write": asyncio.Lock()}
         self.peers: dict[tuple, object] = {}
         self.inbox: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)  # rid -> frames for it
+        self.pulls: dict[str, object] = {}  # rid -> the channel its frames come on (failed if it drops)
 
     def count(self, link: str, direction: str, traffic: str, n: int) -> None:
         if n:
             self.link_bytes.labels(f"node{self.node}_{link}", direction, traffic).inc(n)
 
-    async def storage_channel(self):
-        if self.storage is None or self.storage.closed:
+    async def storage_channel(self, use: str):
+        ch = self.storage.get(use)
+        if ch is None or ch.closed:
             s = self.cfg["storage"]
-            self.storage = await connect(self.kind, s["host"], int(s["data_port"]))
-        return self.storage
+            ch = self.storage[use] = await connect(self.kind, s["host"], int(s["data_port"]))
+        return ch
 
     async def read_blocks(self, keys: list[str], into: np.ndarray) -> int:
         """Read Full Blocks from storage (this node's SNIC) into `into` (layer-major [layers, tokens, bpt])."""
         if not keys:
             return 0
-        async with self.storage_lock:
-            ch = await self.storage_channel()
+        async with self.storage_lock["read"]:
+            ch = await self.storage_channel("read")
             await ch.send({"op": "read", "keys": keys, "node": self.node})
             i = 0
             while True:
@@ -91,8 +96,8 @@ class Part:
     async def write_blocks(self, keys: list[bytes], kv: np.ndarray, first: int) -> None:
         """Write blocks `first..` of the layer-major `kv` back to storage (traffic kv_write)."""
         bt = self.block_tokens * self.bpt
-        async with self.storage_lock:
-            ch = await self.storage_channel()
+        async with self.storage_lock["write"]:
+            ch = await self.storage_channel("write")
             for b in range(first, len(keys)):
                 block = np.ascontiguousarray(kv[:, b * bt:(b + 1) * bt])
                 await ch.send({"op": "write", "key": keys[b].hex(), "node": self.node}, block, traffic="kv_write")
@@ -112,9 +117,13 @@ class Part:
                 header, view = await ch.recv()
                 self.count("cnic", "rx", header.get("traffic", "kv_transfer"), view.nbytes)
                 await self.on_frame(ch, header, np.frombuffer(bytes(view), dtype=np.uint8) if view.nbytes else None)
-        except ChannelClosed:
-            for q in self.inbox.values():
-                q.put_nowait(None)  # waiting requests fail now, not at their timeout
+        except Exception as exc:  # noqa: BLE001 - a frame this engine cannot take ends the channel, said once
+            if not isinstance(exc, ChannelClosed):
+                print(f"{self.role}{self.cfg.get('index', '')}: closing a KV channel: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+            for rid, c in list(self.pulls.items()):
+                if c is ch:  # requests waiting on this peer fail now, not at their timeout (others go on)
+                    self.inbox[rid].put_nowait(None)
         finally:
             ch.close()
 
@@ -122,7 +131,11 @@ class Part:
         self.inbox[header["rid"]].put_nowait((header, payload))
 
     async def next_frame(self, rid: str) -> tuple[dict, object]:
-        item = await asyncio.wait_for(self.inbox[rid].get(), WAIT_S)
+        try:
+            item = await asyncio.wait_for(self.inbox[rid].get(), WAIT_S)
+        finally:
+            self.pulls.pop(rid, None)
+            self.inbox.pop(rid, None)
         if item is None:
             raise ConnectionError("the peer engine's connection dropped")
         return item
@@ -169,6 +182,7 @@ class PrefillEngine(Part):
             if side == "pe":
                 await self.read_blocks(body["keys"], kv)
             elif side == "de" and hit_blocks:
+                self.pulls[rid] = ch
                 await ch.send({"op": "pull", "rid": rid, "keys": body["keys"], "prompt_tokens": prompt})
                 header, payload = await self.next_frame(rid)  # the hit KV, layer-major, over the compute link
                 kv[:, :hit * self.bpt] = payload.reshape(self.layers, hit * self.bpt)
@@ -207,7 +221,7 @@ class DecodeEngine(Part):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self.buffers: dict[str, np.ndarray] = {}       # rid -> prompt KV, layer-major (the DE buffer)
-        self.ready: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.ready: dict[str, _Ready] = defaultdict(_Ready)
         self.batch: list[dict] = []
         self.wake = asyncio.Event()
         self.stepper: asyncio.Task | None = None
@@ -222,7 +236,8 @@ class DecodeEngine(Part):
         rid, op = header["rid"], header["op"]
         if op == "kv":
             kv = self.buffer(rid, int(header["prompt_tokens"]))
-            kv[int(header["layer"]), int(header["from"]):] = payload
+            if payload is not None:  # None: a prompt whose every token was read on this side (nothing new)
+                kv[int(header["layer"]), int(header["from"]):] = payload
         elif op == "kv_done":
             self.ready[rid].set()
         elif op == "pull":  # the DE read path: storage -> this DE's buffer -> the PE
@@ -294,10 +309,34 @@ class DecodeEngine(Part):
                 if s["left"] <= 0:
                     self.batch.remove(s)
 
+    async def abort(self, request):
+        """The router's word that a request's prefill failed: its decode stops waiting for the KV."""
+        rid = (await request.json())["rid"]
+        self.ready[rid].fail("its prefill failed")  # (a decode that never comes leaves this small entry)
+        self.buffers.pop(rid, None)
+        return web.json_response({"ok": True})
+
     def app(self) -> web.Application:
         app = super().app()
         app.router.add_post("/decode", self.decode)
+        app.router.add_post("/abort", self.abort)
         return app
+
+
+class _Ready(asyncio.Event):
+    """Set when a request's KV is all in the DE buffer; `fail(why)` wakes its waiter with an error."""
+
+    error: str | None = None
+
+    def fail(self, why: str) -> None:
+        self.error = why
+        self.set()
+
+    async def wait(self) -> bool:
+        await super().wait()
+        if self.error:
+            raise ConnectionError(self.error)
+        return True
 
 
 async def run(cfg: dict, role: str, ready=None) -> None:

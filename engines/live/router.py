@@ -6,9 +6,12 @@ dispatcher (engines.policy.dispatch.Dispatcher) and drives the PEs and DEs.
   the per-request breakdown in the extension field `dualpath` (queue_s, read_s, prefill_s, kv_transfer_s,
   pe, de, read_side, read_bytes) of the last chunk (streamed) or the response. Bad requests: HTTP 400 with
   an OpenAI-style JSON error; a request an engine failed: HTTP 502 (or an error event mid-stream).
-- `GET /v1/models`, `GET /health` (503 naming the parts that do not answer), `GET /metrics`
-  (prometheus_client: requests by status, queued requests), `GET /breakdowns` (every finished request's
-  breakdown by X-Request-Id, for the harness to join).
+- `GET /v1/models`, `GET /health` (503 naming the parts that do not answer and the engines taken for
+  dead), `GET /metrics` (prometheus_client: requests by status, queued requests, engines up),
+  `GET /breakdowns` (every finished request's breakdown by X-Request-Id, for the harness to join).
+- Failover: an engine that dies (engines/live/failover.py) fails the requests it held (HTTP 502 naming
+  it) and is removed from the dispatcher; later requests go to the engines left; with no PE or no DE left,
+  requests get HTTP 503.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from engines.live.engine import WAIT_S
+from engines.live.failover import Liveness
 from engines.live.store import chain_keys
 from engines.policy.dispatch import Dispatcher
 from engines.policy.pe import EngineView
@@ -59,10 +63,40 @@ class Router:
         self.registry = CollectorRegistry()
         self.requests = Counter("dualpath_router_requests", "requests by status", ["status"], registry=self.registry)
         self.queued = Gauge("dualpath_router_queued", "requests waiting for the scheduler", registry=self.registry)
+        self.up = Gauge("dualpath_router_engine_up", "1 while the router serves on the engine", ["engine"],
+                        registry=self.registry)
         self.session: aiohttp.ClientSession | None = None
+        self.liveness = Liveness(cfg, lambda: self.session, self.engine_gone)
+        self.background: set[asyncio.Task] = set()
+        for name in self.liveness.engines:
+            self.up.labels(name).set(1)
 
     def url(self, part: dict, path: str) -> str:
         return f"http://{part['host']}:{part['http_port']}{path}"
+
+    def engine_gone(self, name: str, role: str, index: int, why: str) -> None:
+        """An engine died: the dispatcher forgets it; queued requests that nothing can take now fail."""
+        self.up.labels(name).set(0)
+        for handle in self.dispatcher.remove_engine(role, index):
+            fut = self.waiting.pop(handle, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NoEngine(f"no {role} left ({name} is gone: {why})"))
+        self.pump()
+
+    def no_engine(self) -> str | None:
+        for role in ("pe", "de"):
+            if not self.liveness.alive(role):
+                gone = ", ".join(f"{n}: {w}" for n, w in self.liveness.dead.items() if n.startswith(role))
+                return f"no {role} left ({gone})"
+        return None
+
+    async def blame(self, d, exc: BaseException, where: str) -> str:
+        """The error of a request that failed on (PE d.pe, DE d.de) at `where`: names the engine that died,
+        if one did (probed now)."""
+        dead = await self.liveness.check([f"pe{d.pe}", f"de{d.de}"])
+        if dead:
+            return f"{' and '.join(dead)} died while it held this request ({type(exc).__name__}: {exc})"
+        return f"{where}: {type(exc).__name__}: {exc}"
 
     def pump(self) -> None:
         for d in self.dispatcher.dispatch():
@@ -108,11 +142,19 @@ class Router:
             self.requests.labels("error").inc()
             return bad(f"storage: {type(exc).__name__}: {exc}", 502)
         hit = hit_blocks * self.block_tokens
+        gone = self.no_engine()
+        if gone:
+            self.requests.labels("error").inc()
+            return bad(gone, 503)
         fut = asyncio.get_running_loop().create_future()
         self.waiting[handle] = fut
         self.dispatcher.submit(handle, len(tokens), need, hit)
         self.pump()
-        d = await fut
+        try:
+            d = await fut
+        except NoEngine as exc:
+            self.requests.labels("error").inc()
+            return bad(str(exc), 503)
         t_disp = time.perf_counter()
         pe, de = self.cfg["pes"][d.pe], self.cfg["des"][d.de]
         side = d.read_side if hit_blocks else "none"
@@ -134,14 +176,23 @@ class Router:
             out.update(facts)
             out["read_bytes"] = hit_blocks * self.block_tokens * self.kv_per_token  # on whichever side read
         except (aiohttp.ClientError, TimeoutError, ConnectionError, ValueError) as exc:
-            out["error"] = f"pe{d.pe}: {type(exc).__name__}: {exc}"
             decode.cancel()
+            out["error"] = await self.blame(d, exc, f"pe{d.pe}")
+            if not self.liveness.is_dead("de", d.de):
+                task = asyncio.create_task(self._abort(de, rid))
+                self.background.add(task)  # held until done (the loop keeps only weak references)
+                task.add_done_callback(self.background.discard)
         finally:
-            self.dispatcher.prefill_done(d.pe, len(tokens))
+            if not self.liveness.is_dead("pe", d.pe):  # a dead engine's requests left the books with it
+                self.dispatcher.prefill_done(d.pe, len(tokens))
             if side != "none":
                 node = (self.pes[d.pe] if side == "pe" else self.des[d.de]).node
                 self.dispatcher.read_done(node, hit)
-        finish = lambda: (self.dispatcher.decode_done(d.de, len(tokens), need), self.pump())  # noqa: E731
+
+        def finish():
+            if not self.liveness.is_dead("de", d.de):
+                self.dispatcher.decode_done(d.de, len(tokens), need)
+            self.pump()
         usage = {"prompt_tokens": len(tokens), "completion_tokens": max_tokens,
                  "total_tokens": len(tokens) + max_tokens, "prompt_tokens_details": {"cached_tokens": hit}}
         if not prefill_ok:
@@ -153,9 +204,11 @@ class Router:
             try:
                 ids = [t async for t in self._tokens(decode)]
             except ConnectionError as exc:
+                out["error"] = await self.blame(d, exc, f"de{d.de}")
                 finish()
                 self.requests.labels("error").inc()
-                return bad(str(exc), 502)
+                self.breakdowns[rid] = out
+                return bad(out["error"], 502)
             finish()
             self.requests.labels("ok").inc()
             self.breakdowns[rid] = out
@@ -178,7 +231,8 @@ class Router:
             await resp.write(b"data: [DONE]\n\n")
         except ConnectionError as exc:
             status = "error"
-            await resp.write(_event({"error": {"message": str(exc), "type": "engine_error"}}))
+            out["error"] = await self.blame(d, exc, f"de{d.de}")
+            await resp.write(_event({"error": {"message": out["error"], "type": "engine_error"}}))
         finally:
             finish()
             self.requests.labels(status).inc()
@@ -190,6 +244,15 @@ class Router:
         return await self.session.post(self.url(de, "/decode"), json={
             "rid": rid, "prompt": tokens, "max_tokens": max_tokens, "hit_blocks": hit_blocks},
             timeout=aiohttp.ClientTimeout(total=None, sock_read=WAIT_S))
+
+    async def _abort(self, de: dict, rid: str) -> None:
+        """Tell the DE that `rid`'s prefill failed, so it stops waiting for its KV (best effort)."""
+        try:
+            async with self.session.post(self.url(de, "/abort"), json={"rid": rid},
+                                         timeout=aiohttp.ClientTimeout(total=5)):
+                pass
+        except (aiohttp.ClientError, TimeoutError):
+            pass
 
     async def _tokens(self, decode: asyncio.Task):
         try:
@@ -222,8 +285,9 @@ class Router:
             except (aiohttp.ClientError, TimeoutError):
                 return False
         answers = await asyncio.gather(*(ok(p) for _, p in parts))
-        gone = [name for (name, _), a in zip(parts, answers) if not a]
-        return web.json_response({"ok": not gone, "gone": gone}, status=503 if gone else 200)
+        gone = [name for (name, _), a in zip(parts, answers) if not a or name in self.liveness.dead]
+        return web.json_response({"ok": not gone, "gone": gone, "dead": self.liveness.dead},
+                                 status=503 if gone else 200)
 
     async def metrics(self, request):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -241,6 +305,10 @@ class Router:
         return app
 
 
+class NoEngine(ConnectionError):
+    """No engine of a role is left to take a request."""
+
+
 def _event(obj) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -254,8 +322,10 @@ async def run(cfg: dict, ready=None) -> None:
     await site.start()
     if ready is not None:
         ready(site._server.sockets[0].getsockname()[1], 0)
+    watch = asyncio.create_task(router.liveness.watch())
     try:
         await asyncio.Event().wait()
     finally:
+        watch.cancel()
         await runner.cleanup()
         await router.session.close()

@@ -381,3 +381,81 @@ class Dispatcher:
             gq = self.group_queues[g]
             if gq.items:
                 heapq.heappush(self._heads, (gq.items[0].order, g))
+
+    # ----- failover (the live router, issue 14): forget an engine that died --------------------------
+    # Added on its own so that the rest of the class stays as it is: the engine stays in `pes`/`des` (the
+    # indexes of earlier decisions keep their meaning) but leaves every index a decision is taken from.
+    def remove_engine(self, role: str, index: int) -> list:
+        """Forget PE (`role` "pe") or DE ("de") number `index`: no later decision names it. Its unfinished
+        requests are settled here (its tok, seq and HBM leave the books), so the caller reports nothing
+        more for this engine (no prefill_done/decode_done; read_done as usual: reads are per node).
+        Requests queued for a DE group left without engines join the ends of the other groups' queues.
+        Returns the handles of queued requests no engine can take any more (the last PE or the last DE is
+        gone; they leave the queue), for the caller to fail. Removing an engine twice does nothing."""
+        removed = self.__dict__.setdefault("_removed", set())
+        if role not in ("pe", "de"):
+            raise ValueError(f"role must be 'pe' or 'de', got {role!r}")
+        if (role, index) in removed:
+            return []
+        removed.add((role, index))
+        if role == "pe":
+            e = self.pes[index]
+            self.pe_load.keys.remove((self.pe_load.cat[e.id], e.tok, e.id))
+            on_node = self._pes_on_node.get(e.node, [])
+            if e in on_node:
+                on_node.remove(e)
+            if not on_node:
+                self._pes_on_node.pop(e.node, None)
+                self._pe_cat.pop(e.node, None)
+            e.tok, e.seq = 0.0, 0
+        else:
+            e = self.des[index]
+            if not self.paper:
+                self.de_load.keys.remove((0, e.tok, e.id))
+            else:
+                g = self._group_of[e.group]
+                self.groups[g].remove(e)
+                self.group_tok[g] -= e.tok
+                self.group_free[g] -= e.hbm_free_bytes
+                self._set_load(g, self._load[g] - e.tok)
+                if not self.groups[g]:
+                    self._retire_group(g)
+            e.tok, e.seq, e.hbm_free_bytes = 0.0, 0, 0.0
+        if all((role, i) in removed for i in range(len(self.pes if role == "pe" else self.des))):
+            return self._drop_queue()
+        return []
+
+    def _retire_group(self, g: int) -> None:
+        """A DE group without engines: it takes no more requests; its queue goes to the other groups."""
+        self.blocked[g] = True
+        self._heads = [(o, k) for o, k in self._heads if k != g]
+        heapq.heapify(self._heads)
+        self._load[g] = float("inf")
+        heapq.heappush(self._load_heap, (float("inf"), g))
+        gq = self.group_queues[g]
+        moved = list(gq.items)
+        while gq.items:
+            gq.pop()
+        if any(self.groups):
+            for q in moved:  # in their order, each to the end of the least-loaded group left
+                k = self._least_loaded_group()
+                self.group_queues[k].push(q)
+                self._set_load(k, self._load[k] + q.length)
+                if len(self.group_queues[k].items) == 1 and not self.blocked[k]:
+                    heapq.heappush(self._heads, (q.order, k))
+        else:
+            self.__dict__.setdefault("_orphans", []).extend(q.handle for q in moved)
+
+    def _drop_queue(self) -> list:
+        """Every queued request leaves (no engine of a role is left); their handles."""
+        out = self.__dict__.pop("_orphans", [])
+        if self.paper:
+            for g, gq in enumerate(self.group_queues):
+                while gq.items:
+                    out.append(gq.pop().handle)
+                self._heads = []
+        else:
+            out.extend(q.handle for q in self.fifo)
+            self.fifo.clear()
+        self.queued = 0
+        return out

@@ -94,7 +94,10 @@ SCHEMA = Mapping({
                       "max_failure_share": Number(gt=0), "min_ok_share": Number(ge=0)}),
     # the live cluster (backend live; the simulator accepts and ignores it)
     "live": Mapping({"transport": Str(choices=("tcp", "shm")), "compute": Str(choices=("modeled",)),
-                     "time_scale": Number(gt=0, le=1e6), "storage_dir": Str()}),
+                     "time_scale": Number(gt=0, le=1e6), "storage_dir": Str(),
+                     # line rates the live cluster paces (Gbps; x the sim's efficiencies, as a profile's are):
+                     # from 125 kB/s (slower never ends a run) to 100 Gbps (beyond what one host moves)
+                     "snic_gbps": Number(ge=1e-3, le=100), "cnic_gbps": Number(ge=1e-3, le=100)}),
     "capacity": Mapping({"rate_aps_start": Number(gt=0, le=MAX_RATE_APS), "rate_aps_max": Number(gt=0, le=MAX_RATE_APS),
                          "tolerance": Number(gt=0, le=1e3), "warmup_s": Number(ge=0, le=MAX_TIME_S),
                          "window_s": Number(ge=MIN_WINDOW_S, le=MAX_TIME_S), "max_probes": Int(1, MAX_PROBES),
