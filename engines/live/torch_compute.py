@@ -34,31 +34,53 @@ def check(model: str, block_tokens: int) -> None:
 
 
 class PrefillRun:
-    def __init__(self, thread: ComputeThread, run):
-        self.thread, self.run = thread, run
+    def __init__(self, owner: "TorchCompute", tokens, kv: np.ndarray, start: int):
+        self.owner, self.args, self.run = owner, (list(tokens), kv, start), None
+
+    def _layer(self, i: int) -> None:  # on the compute thread
+        if self.run is None:
+            self.run = self.owner.model.prefill(*self.args)
+        self.run.layer(i)
 
     async def layer(self, i: int) -> None:
-        await call(self.thread, self.run.layer, i)
+        await call(self.owner.thread, self._layer, i)
 
     @property
     def first_token(self) -> int | None:
-        return self.run.first_token
+        return self.run.first_token if self.run is not None else None
 
 
 class TorchCompute:
-    def __init__(self, cfg: dict, thread: ComputeThread):
-        import torch
+    """The model is built on the compute thread, behind which every later compute call queues: the part
+    says READY at once and the PE's and DE's torch imports (seconds each) overlap."""
 
-        from engines.costmodel import model_spec
-        from engines.live.torch_model import TinyDecoder, shape_for
-        torch.set_num_threads(1)
+    def __init__(self, cfg: dict, thread: ComputeThread):
         self.thread = thread
         self.bpt = int(cfg["bytes_per_token_layer"])
-        shape = shape_for(model_spec(cfg["model"]), int(cfg["block_tokens"]))
-        self.model = TinyDecoder(shape, device="cuda" if torch.cuda.is_available() else "cpu")
+        self._model = None
+        self.error: str | None = None
+        thread.pool.submit(self._load, cfg["model"], int(cfg["block_tokens"]))
+
+    def _load(self, model: str, block_tokens: int) -> None:
+        try:
+            import torch
+
+            from engines.costmodel import model_spec
+            from engines.live.torch_model import TinyDecoder, shape_for
+            torch.set_num_threads(1)
+            self._model = TinyDecoder(shape_for(model_spec(model), block_tokens),
+                                      device="cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as exc:  # every request then fails with this, not with a NoneType error
+            self.error = f"compute: torch could not start: {type(exc).__name__}: {exc}"
+
+    @property
+    def model(self):
+        if self._model is None:
+            raise RuntimeError(self.error or "compute: torch is not loaded")
+        return self._model
 
     def prefill(self, tokens, kv: np.ndarray, start: int) -> PrefillRun:
-        return PrefillRun(self.thread, self.model.prefill(tokens, kv, start))
+        return PrefillRun(self, tokens, kv, start)
 
     def grow(self, kv: np.ndarray, tokens: int) -> np.ndarray:
         if kv.shape[1] >= tokens * self.bpt:
