@@ -46,8 +46,14 @@ LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0, "k
 
 def live_settings(scenario: dict) -> dict:
     live = {**LIVE_DEFAULTS, **(scenario.get("live") or {})}
-    if live["transport"] not in ("tcp", "shm"):
-        raise InputError(f"must be tcp or shm, got {live['transport']!r}", field="live.transport")
+    if live["transport"] not in ("tcp", "shm", "rdma"):
+        raise InputError(f"must be tcp, shm or rdma, got {live['transport']!r}", field="live.transport")
+    if live["transport"] == "rdma":  # issue 17: only where ibv_get_device_list finds a device
+        from engines.live.rdma import RdmaUnavailable, probe
+        try:
+            probe()
+        except RdmaUnavailable as exc:
+            raise InputError(f"rdma is not available here: {exc}", field="live.transport") from None
     if live["compute"] not in ("modeled", "torch"):
         raise InputError(f"must be modeled or torch, got {live['compute']!r}", field="live.compute")
     return live
