@@ -46,8 +46,14 @@ LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0, "k
 
 def live_settings(scenario: dict) -> dict:
     live = {**LIVE_DEFAULTS, **(scenario.get("live") or {})}
-    if live["transport"] not in ("tcp", "shm", "rdma"):
-        raise InputError(f"must be tcp, shm or rdma, got {live['transport']!r}", field="live.transport")
+    if live["transport"] not in ("tcp", "shm", "rdma", "nixl"):
+        raise InputError(f"must be tcp, shm, rdma or nixl, got {live['transport']!r}", field="live.transport")
+    if live["transport"] == "nixl":  # issue 17: where nixl-cu12 installed
+        from engines.live.nixl import probe as probe_nixl
+        try:
+            probe_nixl()
+        except ImportError as exc:
+            raise InputError(str(exc), field="live.transport") from None
     if live["transport"] == "rdma":  # issue 17: only where ibv_get_device_list finds a device
         from engines.live.rdma import RdmaUnavailable, probe
         try:

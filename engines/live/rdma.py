@@ -1,14 +1,11 @@
 """`live.transport: rdma` (issue 17): KV payloads by RDMA WRITE over reliable-connected (RC) queue pairs,
 through pyverbs (rdma-core's Python binding; Debian's `python3-pyverbs`, not PyPI's, see the README).
 
-Like the shm transport (engines/live/transport.py), a channel pairs a tcp control channel with a pool of
-`slots` x `slot_bytes` per direction, here registered memory: each side registers a receive pool (remote
-write allowed) and a send pool (local only). A frame's payload is copied once into a free send slot,
-written by RDMA WRITE into the same slot of the peer's receive pool (split into work requests of at most
-`max_msg` bytes, only the last one signaled), and once its completion is polled the frame's header goes
-over tcp naming the slot; the receiver's view is its registered slot, handed back (an ack) at its next
-`recv()`. Queue-pair details (QPN, LID, GID, PSN, pool address and rkey) are exchanged over tcp when the
-channel opens.
+A slot channel (engines/live/slots.py: headers over tcp, payloads written into the peer's slots): each
+side registers a receive pool (remote write allowed) and a send pool (local only) of `slots` x
+`slot_bytes`; a payload goes by RDMA WRITE from our send slot into the same slot of the peer's receive
+pool, in work requests of at most `max_msg` bytes with only each post's last signaled. Queue-pair details
+(QPN, LID, GID, PSN, pool address and rkey) are exchanged over tcp when the channel opens.
 
 Device-free parts, tested everywhere: `plan()` (the registration plan: page-aligned pools, slot
 addresses, access flags) and `schedule()` (the work requests of one payload). `probe()` finds a device
@@ -16,11 +13,12 @@ with `ibv_get_device_list`, or says in one line why there is none (the transport
 """
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import mmap
 import random
 from dataclasses import dataclass
+
+from engines.live.slots import SlotChannel
 
 PAGE = 4096
 MAX_MSG = 1 << 30          # an RC message's limit on common NICs (the port's max_msg_sz is checked too)
@@ -111,20 +109,18 @@ class _Pool:
         self.mr.close()
 
 
-class RdmaChannel:
-    """The transport interface of engines/live/transport.py (send, recv, close, closed, counters) over an
-    RC queue pair; the queue pairs connect at the first send or recv."""
+class RdmaChannel(SlotChannel):
+    """An RC queue pair per channel; each side registers a send and a receive pool (`plan`)."""
     kind = "rdma"
 
     def __init__(self, control, slots: int = 4, slot_bytes: int = 64 << 20, pacer=None, device: str | None = None):
+        super().__init__(control, slots, slot_bytes, pacer)
+        import pyverbs.enums as e
         from pyverbs.cq import CQ
         from pyverbs.device import Context
         from pyverbs.pd import PD
         from pyverbs.qp import QP, QPCap, QPInitAttr
-        import pyverbs.enums as e
         self.e = e
-        self.control, self.pacer, self.counters = control, pacer, control.counters
-        self.slots, self.slot_bytes = slots, slot_bytes
         self.ctx = Context(name=device or probe())
         self.pd = PD(self.ctx)
         self.cq = CQ(self.ctx, 256)
@@ -138,31 +134,15 @@ class RdmaChannel:
         self.me = {"qpn": self.qp.qp_num, "lid": port.lid, "psn": random.getrandbits(24),
                    "gid": str(self.ctx.query_gid(PORT, GID_INDEX)), "addr": self.recv_pool.addr,
                    "rkey": self.recv_pool.mr.rkey}
-        self.peer: dict | None = None
-        self.free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(slots):
-            self.free.put_nowait(i)
-        self.pending_ack: int | None = None
-        self.lent: memoryview | None = None
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.reader: asyncio.Task | None = None
-        self.handshake = asyncio.Lock()
 
-    async def _ready(self) -> None:
-        """The queue pairs' handshake, at the first send or recv on either side: each side sends its
-        details and reads the peer's (over tcp), then moves its QP to RTS."""
-        async with self.handshake:
-            if self.peer is None:
-                await self.control.send({"_rdma": self.me})
-                header, _ = await self.control.recv()
-                self._connect(header["_rdma"])
-                self.reader = asyncio.create_task(self._read())
+    def _hello(self) -> dict:
+        return self.me
 
     def _connect(self, peer: dict) -> None:
         from pyverbs.addr import GID, AHAttr, GlobalRoute
         from pyverbs.qp import QPAttr
         e = self.e
-        self.peer = peer
+        self.remote = peer
         attr = QPAttr(qp_state=e.IBV_QPS_INIT)
         attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
         attr.port_num = PORT
@@ -177,12 +157,13 @@ class RdmaChannel:
         attr.sq_psn, attr.timeout, attr.retry_cnt, attr.rnr_retry, attr.max_rd_atomic = self.me["psn"], 14, 7, 7, 1
         self.qp.to_rts(attr)
 
-    @property
-    def closed(self) -> bool:
-        return self.control.closed
+    def _send_view(self, slot: int, n: int) -> memoryview:
+        return self.send_pool.view(slot, n)
+
+    def _recv_view(self, slot: int, n: int) -> memoryview:
+        return self.recv_pool.view(slot, n)
 
     def _write(self, slot: int, n: int) -> None:
-        """RDMA WRITE of our send slot into the peer's receive slot; returns once it completed."""
         from pyverbs.wr import SGE, SendWR
         e, off = self.e, self.send_pool.region.slot_offsets[slot]
         for post in schedule(n, self.max_msg):
@@ -190,7 +171,7 @@ class RdmaChannel:
                 sge = SGE(self.send_pool.addr + off + wr.offset, wr.length, self.send_pool.mr.lkey)
                 w = SendWR(wr_id=slot, opcode=e.IBV_WR_RDMA_WRITE, num_sge=1, sg=[sge],
                            send_flags=e.IBV_SEND_SIGNALED if wr.signaled else 0)
-                w.set_wr_rdma(self.peer["rkey"], self.peer["addr"] + off + wr.offset)
+                w.set_wr_rdma(self.remote["rkey"], self.remote["addr"] + off + wr.offset)
                 self.qp.post_send(w)
             while True:  # the post's one signaled completion (bounded by the QP's retry timeout)
                 npolled, wcs = self.cq.poll()
@@ -199,67 +180,7 @@ class RdmaChannel:
                         raise ConnectionError(f"RDMA WRITE failed: work completion status {wcs[0].status}")
                     break
 
-    async def _read(self) -> None:
-        from engines.live.transport import ChannelClosed
-        try:
-            while True:
-                header, view = await self.control.recv()
-                if "_ack" in header:
-                    self.free.put_nowait(header["_ack"])
-                else:
-                    self.inbox.put_nowait((header, bytes(view) if "_slot" not in header else None))
-        except (ChannelClosed, asyncio.CancelledError) as exc:
-            self.inbox.put_nowait(exc if isinstance(exc, ChannelClosed) else ChannelClosed("closed"))
-
-    async def send(self, header: dict, payload=b"", traffic: str = "other") -> None:
-        view = memoryview(payload).cast("B") if len(payload) else memoryview(b"")
-        await self._ready()
-        if view.nbytes > self.slot_bytes:
-            raise ValueError(f"an rdma frame holds at most {self.slot_bytes} bytes, got {view.nbytes}")
-
-        async def move():
-            if not view.nbytes:
-                await self.control.send(header)
-                return
-            slot = await self.free.get()
-            self.send_pool.view(slot, view.nbytes)[:] = view  # the one copy, into registered memory
-            await asyncio.get_running_loop().run_in_executor(None, self._write, slot, view.nbytes)
-            await self.control.send({**header, "_slot": slot, "_n": view.nbytes})
-        if self.pacer is not None and view.nbytes:
-            await self.pacer.pace(view.nbytes, move)
-        else:
-            await move()
-        self.counters[("tx", traffic)] += view.nbytes
-
-    async def recv(self) -> tuple[dict, memoryview]:
-        from engines.live.transport import ChannelClosed
-        await self._ready()
-        if self.lent is not None:
-            self.lent.release()
-            self.lent = None
-        if self.pending_ack is not None:
-            slot, self.pending_ack = self.pending_ack, None
-            await self.control.send({"_ack": slot})
-        item = await self.inbox.get()
-        if isinstance(item, ChannelClosed):
-            self.inbox.put_nowait(item)
-            raise item
-        header, data = item
-        if data is not None:
-            return header, memoryview(data)
-        slot, n = header.pop("_slot"), header.pop("_n")
-        self.pending_ack = slot
-        self.counters[("rx", header.get("traffic", "other"))] += n
-        self.lent = self.recv_pool.view(slot, n)
-        return header, self.lent
-
-    def close(self) -> None:
-        if self.lent is not None:
-            self.lent.release()
-            self.lent = None
-        if self.reader is not None:
-            self.reader.cancel()
-        self.control.close()
+    def _teardown(self) -> None:
         for obj in (self.qp, self.send_pool, self.recv_pool, self.cq, self.pd, self.ctx):
             try:
                 obj.close()
