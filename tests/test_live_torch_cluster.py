@@ -1,6 +1,6 @@
 """`live.compute: torch` end to end (scenarios/live/torch-1p1d.yaml): multi-round agents get the same
 generated tokens (`output_digest`) under every system and under the reference `kv_cache: false` (every
-prompt recomputed, nothing read or moved), on tcp and on shm; a stored block zeroed between two runs on
+prompt recomputed, nothing read or moved), on tcp, shm and nixl (where installed); a stored block zeroed between two runs on
 one store changes the tokens of the requests that load it."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import yaml
 
 pytest.importorskip("torch")
 
+from engines.live import nixl  # noqa: E402
 from tests.test_live_cluster import gone  # noqa: E402
 
 LIVE = Path(__file__).resolve().parents[1] / "scenarios" / "live"
@@ -54,7 +55,16 @@ def finish(proc: subprocess.Popen, out: Path) -> pd.DataFrame:
     return req
 
 
-@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def _nixl_here() -> bool:
+    try:
+        nixl.probe()
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm", pytest.param(
+    "nixl", marks=pytest.mark.skipif(not _nixl_here(), reason="nixl-cu12 is not installed here"))])
 def test_every_system_gives_the_reference_tokens(tmp_path, transport):
     path = scenario(tmp_path, "s", transport=transport)
     ref = start(path, tmp_path / "ref", "live.kv_cache=false", "systems=[basic]")  # the two runs at once
