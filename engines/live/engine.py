@@ -227,7 +227,8 @@ class DecodeEngine(Part):
         rid, op = header["rid"], header["op"]
         if op == "kv":
             kv = self.buffer(rid, int(header["prompt_tokens"]))
-            kv[int(header["layer"]), int(header["from"]):] = payload
+            if payload is not None:  # (a whole hit read on the DE side leaves no miss KV to send)
+                kv[int(header["layer"]), int(header["from"]):] = payload
         elif op == "kv_done":
             if header.get("first") is not None:  # compute: torch: the PE's first token
                 self.first_tokens[rid] = header["first"]
