@@ -140,3 +140,24 @@ def test_engine_adapter_runs_on_the_compute_thread_and_batches_decode():
             thread.close()
     out, busy = asyncio.run(main())
     assert out == [ref, ref] and busy > 0
+
+
+def test_a_whole_hit_read_on_the_de_side_sends_empty_layers_the_de_takes():
+    """The PE recomputes a whole hit's last block but sends no miss KV (the DE read it): empty frames."""
+    from engines.live.engine import DecodeEngine
+
+    cfg = {"node": 1, "index": 0, "layers": SHAPE.layers, "block_tokens": B, "bytes_per_token_layer": BPT,
+           "cnic_bytes_s": 1e9, "model": str(LIVE / "torch-tiny.model.yaml"),
+           "hardware": str(LIVE / "live-host.hardware.yaml"), "storage": {}}
+
+    async def main():
+        de = DecodeEngine(cfg)
+        try:
+            for layer in range(SHAPE.layers):
+                await de.on_frame(None, {"op": "kv", "rid": "r", "layer": layer, "from": 2 * B * BPT,
+                                         "prompt_tokens": 2 * B}, None)
+            await de.on_frame(None, {"op": "kv_done", "rid": "r", "first": 5}, None)
+            return de.buffers["r"].shape, de.ready["r"].is_set(), de.first_tokens["r"]
+        finally:
+            de.compute.close()
+    assert asyncio.run(main()) == ((SHAPE.layers, 2 * B * BPT), True, 5)
