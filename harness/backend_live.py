@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from engines.contract import LINK_COLUMNS
+from engines.live.transport import TRANSPORTS
 from harness.driver import ABORT_DEFAULTS, Driver, DriverConfig
 from harness.prometheus import parse
 from traces.errors import InputError
@@ -46,8 +47,8 @@ LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0, "k
 
 def live_settings(scenario: dict) -> dict:
     live = {**LIVE_DEFAULTS, **(scenario.get("live") or {})}
-    if live["transport"] not in ("tcp", "shm", "rdma", "nixl"):
-        raise InputError(f"must be tcp, shm, rdma or nixl, got {live['transport']!r}", field="live.transport")
+    if live["transport"] not in TRANSPORTS:
+        raise InputError(f"must be one of {', '.join(TRANSPORTS)}, got {live['transport']!r}", field="live.transport")
     if live["transport"] == "nixl":  # issue 17: where nixl-cu12 installed
         from engines.live.nixl import probe as probe_nixl
         try:
