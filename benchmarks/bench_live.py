@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_live.py [--seconds 1.5] [--sizes 1,4,16,64] [--rates 0.1,0.5,2]
 
-1. Throughput of `tcp` and `shm` channels (engines/live/transport.py) for 1-64 MiB frames, sender in this
+1. Throughput of `tcp` and `shm` channels (and `nixl` where nixl-cu12 is installed, issue 17) (engines/live/transport.py) for 1-64 MiB frames, sender in this
    process, receiver in a child process (its own core where there is one), as GB/s and as a share of
    memcpy (numpy copyto of the same size, one copy, this process) on the same machine. Goals (issue 14):
    shm >= 50 % of memcpy, tcp >= 2 GB/s. Beside tcp, this host's loopback TCP ceiling: blocking
@@ -31,6 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.live.pacer import Pacer  # noqa: E402
 from engines.live.transport import SOCK_BUF, ChannelClosed, connect, serve  # noqa: E402
+from engines.live.nixl import exit_now, probe as nixl_probe  # noqa: E402
+
+try:
+    nixl_probe()
+    NIXL = True
+except ImportError:
+    NIXL = False
 
 MiB = 1 << 20
 
@@ -146,24 +153,30 @@ def main() -> int:
     args = ap.parse_args()
     if args.receiver:
         _receiver(args.receiver[0], int(args.receiver[1]))
+        if args.receiver[0] == "nixl":
+            exit_now(0)
         return 0
     if args.raw_receiver:
         _raw_receiver(args.raw_receiver)
         return 0
     sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
     summary = {}
+    nixl_gbs = []  # issue 17
     print(f"{'size':>7} {'memcpy GB/s':>12} {'raw GB/s':>9} {'tcp GB/s':>9} {'tcp/raw':>8} {'shm GB/s':>9} "
-          f"{'shm %':>6}")
+          f"{'shm %':>6}" + (f" {'nixl GB/s':>9} {'nixl %':>6}" if NIXL else ""))
     for size in sizes:
         ref = memcpy_gbs(size, args.seconds / 2)
         raw = raw_tcp_gbs(size, args.seconds)
         row = {}
-        for kind in ("tcp", "shm"):
+        for kind in ("tcp", "shm", "nixl") if NIXL else ("tcp", "shm"):
             nbytes, elapsed = run_pair(kind, size, args.seconds)
             row[kind] = nbytes / elapsed / 1e9
         print(f"{size // MiB:>5}Mi {ref:>12.2f} {raw:>9.2f} {row['tcp']:>9.2f} {100 * row['tcp'] / raw:>7.0f}% "
-              f"{row['shm']:>9.2f} {100 * row['shm'] / ref:>5.0f}%")
+              f"{row['shm']:>9.2f} {100 * row['shm'] / ref:>5.0f}%"
+              + (f" {row['nixl']:>9.2f} {100 * row['nixl'] / ref:>5.0f}%" if NIXL else ""))
         summary[size // MiB] = (ref, row["tcp"], row["shm"], raw)
+        if NIXL:
+            nixl_gbs.append(row["nixl"])
     print(f"\n{'rate GB/s':>9} {'block':>6} {'achieved GB/s':>14} {'error':>8}")
     errors = []
     for rate in (float(r) for r in args.rates.split(",")):
@@ -185,6 +198,9 @@ def main() -> int:
           f"pacer worst error {100 * max(errors):.2f} % (goal <= 1 %)")
     if router:
         print(router)
+    if NIXL:
+        print(f"nixl min {min(nixl_gbs):.2f} GB/s")
+        exit_now(0)  # NIXL can crash in the interpreter's teardown
     return 0
 
 

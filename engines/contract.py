@@ -8,6 +8,7 @@ results writer, so that engines stay free of I/O libraries.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Iterator
 
@@ -24,6 +25,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         # added for endpoints we drive (null for the simulator), so every backend's files share one schema:
         "t_dispatched": F64, "itl_s": F64_LIST, "server_prompt_tokens": I64, "tokens_from": STR,
         "http_status": I64, "max_tokens": I64,  # the output length asked for (null: the simulator's is exact)
+        "output_digest": STR,  # output_digest() of the generated token ids, where the server returned them
     },
     "agents": {"system": STR, "agent_id": STR, "t_arrival": F64, "t_done": F64, "rounds": I64,
                "jct_s": F64, "status": STR},
@@ -39,6 +41,13 @@ REQUEST_COLUMNS = tuple(COLUMNS["requests"])
 AGENT_COLUMNS = tuple(COLUMNS["agents"])
 LINK_COLUMNS = tuple(COLUMNS["links"])
 ENGINE_COLUMNS = tuple(COLUMNS["engines"])
+
+
+def output_digest(token_ids) -> str:
+    """A request's generated token ids as 16 hex digits (blake2b), so runs compare token for token."""
+    return hashlib.blake2b(",".join(map(str, token_ids)).encode(), digest_size=8).hexdigest()
+
+
 # added: which of `dualpath run --repeats N`'s runs of the system (from 0), filled in by the results writer
 # (the tuples above are what a runtime writes)
 for _columns in COLUMNS.values():

@@ -34,6 +34,7 @@ import aiohttp
 import numpy as np
 import yaml
 
+from engines.live.transport import TRANSPORTS
 from harness.driver import ABORT_DEFAULTS, Driver, DriverConfig
 from harness.live_links import LinkSampler
 from traces.errors import InputError
@@ -41,23 +42,41 @@ from traces.schema import Trace
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0}
+LIVE_DEFAULTS = {"transport": "tcp", "compute": "modeled", "time_scale": 1.0, "kv_cache": True}
 
 
 def live_settings(scenario: dict) -> dict:
     live = {**LIVE_DEFAULTS, **(scenario.get("live") or {})}
-    if live["transport"] not in ("tcp", "shm"):
-        raise InputError(f"must be tcp or shm, got {live['transport']!r}", field="live.transport")
-    if live["compute"] != "modeled":
-        raise InputError(f"only `modeled` is built, got {live['compute']!r}", field="live.compute")
+    if live["transport"] not in TRANSPORTS:
+        raise InputError(f"must be one of {', '.join(TRANSPORTS)}, got {live['transport']!r}", field="live.transport")
+    if live["transport"] == "nixl":  # issue 17: where nixl-cu12 installed
+        from engines.live.nixl import probe as probe_nixl
+        try:
+            probe_nixl()
+        except ImportError as exc:
+            raise InputError(str(exc), field="live.transport") from None
+    if live["transport"] == "rdma":  # issue 17: only where ibv_get_device_list finds a device
+        from engines.live.rdma import RdmaUnavailable, probe
+        try:
+            probe()
+        except RdmaUnavailable as exc:
+            raise InputError(f"rdma is not available here: {exc}", field="live.transport") from None
+    if live["compute"] not in ("modeled", "torch"):
+        raise InputError(f"must be modeled or torch, got {live['compute']!r}", field="live.compute")
     return live
 
 
 def check(scenario: dict, trace: Trace) -> None:
     try:
-        live_settings(scenario)
-        _cost(scenario)
+        live = live_settings(scenario)
+        cost = _cost(scenario)
         notes = rate_notes(scenario)
+        if live["compute"] == "torch":  # issue 17: torch installed, a model profile the toy transformer takes
+            from engines.live.torch_compute import check as check_torch
+            try:
+                check_torch(scenario["model"], cost.k.kv_block_tokens)
+            except ValueError as exc:
+                raise InputError(str(exc), field="live.compute") from None
     except InputError as exc:
         raise exc.at(scenario.get("_path")) from None
     for note in notes:
@@ -144,7 +163,7 @@ class Cluster:
         n_pe, n_de = int(cluster["prefill_nodes"]), int(cluster["decode_nodes"])
         storage_dir = live.get("storage_dir") or str(self.tmp / "kv")
         common = {"layers": m.layers, "block_tokens": k.kv_block_tokens, "bytes_per_token_layer": m.kv_bytes_per_token_layer,
-                  "transport": live["transport"]}
+                  "transport": live["transport"], "compute": live["compute"], "kv_cache": live["kv_cache"]}
         st = self._spawn("storage", "storage", {**common, "storage_dir": storage_dir, "snic_bytes_s": cost.snic_rate,
                                                 "nodes": n_pe + n_de})
         storage = {"host": st["host"], "data_port": st["data_port"], "http_port": st["http_port"]}
@@ -161,7 +180,8 @@ class Cluster:
             "system": self.system, "block_tokens": k.kv_block_tokens, "kv_bytes_per_token": m.kv_bytes_per_token,
             "de_hbm_bytes": cost.decode_kv_capacity_bytes(), "alpha_tokens": cost.alpha_tokens(),
             "beta_tokens": cost.beta_tokens(hit_mean, new_mean), "z_factor": k.de_z_factor,
-            "storage": storage, "pes": pes, "des": des, "model_name": "dualpath-live"})
+            "storage": storage, "pes": pes, "des": des, "model_name": "dualpath-live",
+            "compute": live["compute"], "kv_cache": live["kv_cache"]})  # issue 17
         self.router_url = f"http://127.0.0.1:{r['http_port']}"
         print(f"live cluster ({self.system}): router {self.router_url} pids "
               + " ".join(f"{name}={p.pid}" for name, p in self.procs), file=sys.stderr, flush=True)

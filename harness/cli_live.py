@@ -85,6 +85,9 @@ def cmd_engine(args) -> int:
         except asyncio.CancelledError:
             pass
     asyncio.run(main())
+    if cfg.get("transport") == "nixl":  # issue 17: NIXL can crash in the interpreter's teardown
+        from engines.live.nixl import exit_now
+        exit_now(0)
     return 0
 
 

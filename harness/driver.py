@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
+from engines.contract import output_digest
 from harness.http_client import PATHS, READ_BUFSIZE, Completion, complete, request_body
 from harness.prompts import AgentContext, TextContext, Words, hash_prompt, hash_text, load_tokenizer
 from traces.schema import Trace
@@ -342,7 +343,8 @@ class Driver:
             self.agent_ids[a], r, t_sched, t_wake, self._s(c.t_sent_ns), t_first, self._s(c.t_second_ns),
             self._s(c.t_done_ns), self.prompt[i], self.expected[i], c.cached_tokens,
             c.output_tokens if c.output_tokens is not None else 0, c.status, c.error, gaps.tolist(),
-            c.prompt_tokens, c.tokens_from, c.http_status, self.gen[i]))
+            c.prompt_tokens, c.tokens_from, c.http_status, self.gen[i],
+            output_digest(c.token_ids) if c.token_ids and c.status == "ok" else None))
         if self.progress is not None:
             self.progress(1)
         if len(self.rows) >= FLUSH_ROWS:
@@ -410,7 +412,7 @@ class Driver:
             "read_bytes": [0] * n, "queue_s": nan, "alloc_s": nan, "read_s": nan, "prefill_s": nan,
             "kv_transfer_s": nan, "status": list(cols[12]), "error": list(cols[13]), "itl_s": list(cols[14]),
             "server_prompt_tokens": list(cols[15]), "tokens_from": list(cols[16]), "http_status": list(cols[17]),
-            "max_tokens": list(cols[18]),
+            "max_tokens": list(cols[18]), "output_digest": list(cols[19]),
         })
 
     def _write_agents(self) -> None:

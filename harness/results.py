@@ -49,13 +49,14 @@ TABLES = contract.TABLES
 # NaN ("not reached"); the other columns listed here allow null.
 OMITTABLE = {
     "requests": {"t_second_token", "cached_tokens", "pe", "de", "error", *contract.BREAKDOWN_COLUMNS,
-                 "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status", "max_tokens"},
+                 "t_dispatched", "itl_s", "server_prompt_tokens", "tokens_from", "http_status", "max_tokens",
+                 "output_digest"},
     "agents": set(), "links": set(), "engines": {"group"},
 }
 for _omittable in OMITTABLE.values():
     _omittable.add("repeat")  # the writer fills it in
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
-                         "http_status", "max_tokens"}, "agents": set(), "links": set(), "engines": {"group"}}
+                         "http_status", "max_tokens", "output_digest"}, "agents": set(), "links": set(), "engines": {"group"}}
 ALLOWED_VALUES = {
     ("requests", "status"): contract.STATUSES, ("requests", "read_side"): contract.READ_SIDES,
     ("agents", "status"): contract.STATUSES, ("links", "direction"): contract.DIRECTIONS,

@@ -46,3 +46,22 @@ class ComputeThread:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----- compute: torch (issue 17) -------------------------------------------------------------------------
+async def call(thread: ComputeThread, fn, *args):
+    """Run `fn(*args)` (real compute) on the engine's compute thread; the event loop keeps moving bytes."""
+    t0 = time.perf_counter()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(thread.pool, fn, *args)
+    finally:
+        thread.busy_s += time.perf_counter() - t0
+
+
+def torch_compute(cfg: dict, thread: ComputeThread):
+    """The engine's real model when its config says `compute: torch` (engines/live/torch_compute.py), else
+    None (modeled compute)."""
+    if cfg.get("compute", "modeled") != "torch":
+        return None
+    from engines.live.torch_compute import TorchCompute
+    return TorchCompute(cfg, thread)

@@ -23,7 +23,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from engines.live.compute import ComputeThread, cost_model
+from engines.live.compute import ComputeThread, cost_model, torch_compute
 from engines.live.pacer import Pacer
 from engines.live.serving import serve_until_cancelled
 from engines.live.store import chain_keys
@@ -49,6 +49,8 @@ class Part:
         self.cnic = Pacer(float(cfg["cnic_bytes_s"]))
         self.cost = cost_model(cfg["model"], cfg["hardware"], cfg.get("sim"))
         self.compute = ComputeThread(float(cfg.get("time_scale", 1.0)))
+        self.torch = torch_compute(cfg, self.compute)   # compute: torch (issue 17): the real model, else None
+        self.keep_kv = cfg.get("kv_cache", True) is not False  # kv_cache: off (the reference) stores nothing
         self.registry = CollectorRegistry()
         self.link_bytes = Counter("dualpath_link_bytes", "bytes moved per link, direction and traffic class",
                                   ["device", "direction", "traffic"], registry=self.registry)
@@ -190,8 +192,9 @@ class PrefillEngine(Part):
             layer_s = self.prefill_s(hit, prompt - hit) / self.layers
             first = 0 if side != "de" else hit * self.bpt       # DE read path: only the miss KV goes to the DE
             sends = []
+            run = self.torch.prefill(body["tokens"], kv, hit) if self.torch else None  # compute: torch
             for layer in range(self.layers):
-                await self.compute.run(layer_s)
+                await (run.layer(layer) if run else self.compute.run(layer_s))
                 part = kv[layer, first:]
                 frame = self.send_kv(ch, {"op": "kv", "rid": rid, "layer": layer, "from": first,
                                           "prompt_tokens": prompt, "traffic": "kv_transfer"}, part)
@@ -199,7 +202,8 @@ class PrefillEngine(Part):
             t2 = time.perf_counter()
             for s in sends:
                 await s  # layer-wise: already on the wire while later layers computed; basic: sent now
-            await ch.send({"op": "kv_done", "rid": rid, "traffic": "kv_transfer"})
+            await ch.send({"op": "kv_done", "rid": rid, "traffic": "kv_transfer",
+                           "first": run.first_token if run else None})  # compute: torch: the first token
             t3 = time.perf_counter()
             return web.json_response({"read_s": t1 - t0, "prefill_s": t2 - t1, "kv_transfer_s": t3 - t2,
                                       "read_bytes": hit_blocks * self.block_bytes if side == "pe" else 0})
@@ -225,6 +229,7 @@ class DecodeEngine(Part):
         self.batch: list[dict] = []
         self.wake = asyncio.Event()
         self.stepper: asyncio.Task | None = None
+        self.first_tokens: dict[str, int | None] = {}  # compute: torch: rid -> the first token the PE computed
 
     def buffer(self, rid: str, prompt: int) -> np.ndarray:
         kv = self.buffers.get(rid)
@@ -239,6 +244,8 @@ class DecodeEngine(Part):
             if payload is not None:  # None: a prompt whose every token was read on this side (nothing new)
                 kv[int(header["layer"]), int(header["from"]):] = payload
         elif op == "kv_done":
+            if header.get("first") is not None:  # compute: torch: the PE's first token
+                self.first_tokens[rid] = header["first"]
             self.ready[rid].set()
         elif op == "pull":  # the DE read path: storage -> this DE's buffer -> the PE
             asyncio.create_task(self.pull(ch, header))
@@ -264,22 +271,30 @@ class DecodeEngine(Part):
             await asyncio.wait_for(self.ready[rid].wait(), WAIT_S)
             kv = self.buffers[rid]
             slot = {"ctx": prompt, "left": max_tokens, "q": asyncio.Queue()}
-            self.batch.append(slot)
-            self.wake.set()
-            if self.stepper is None or self.stepper.done():
-                self.stepper = asyncio.create_task(self.step_loop())
+            if self.torch:  # compute: torch: the PE's first token, then decode steps over the grown buffer
+                kv = self.buffers[rid] = self.torch.grow(kv, prompt + max_tokens)
+                slot.update(kv=kv, last=self.first_tokens.pop(rid))
+                slot["q"].put_nowait(slot["last"])
+                slot["left"] -= 1
+            if slot["left"] > 0:
+                self.batch.append(slot)
+                self.wake.set()
+                if self.stepper is None or self.stepper.done():
+                    self.stepper = asyncio.create_task(self.step_loop())
             gen = []
             # the prompt's new Full Blocks are persisted while decoding runs; the generated ones at the end,
             # before the last token goes out, so the agent's next round finds its whole context stored
-            prompt_keys = chain_keys(list(body["prompt"]), self.block_tokens)
+            prompt_keys = chain_keys(list(body["prompt"]), self.block_tokens) if self.keep_kv else []
             early = asyncio.create_task(self.write_blocks(prompt_keys, kv, int(body["hit_blocks"])))
             while len(gen) < max_tokens:
                 tok = await asyncio.wait_for(slot["q"].get(), WAIT_S)
                 gen.append(tok)
                 if len(gen) == max_tokens:
                     await asyncio.wait_for(early, WAIT_S)
-                    keys = chain_keys(list(body["prompt"]) + gen, self.block_tokens)
-                    if len(keys) > len(prompt_keys):
+                    # (compute: torch: the last token's K/V is not computed, so its block is not full)
+                    keys = chain_keys((list(body["prompt"]) + gen)[:prompt + max_tokens - bool(self.torch)],
+                                      self.block_tokens)
+                    if self.keep_kv and len(keys) > len(prompt_keys):
                         full = np.zeros((self.layers, len(keys) * self.block_tokens * self.bpt), dtype=np.uint8)
                         n = min(full.shape[1], kv.shape[1])
                         full[:, :n] = kv[:, :n]
@@ -299,11 +314,16 @@ class DecodeEngine(Part):
         """Continuous batching: every active request gets one token per step."""
         c = self.cost
         while self.batch:
-            ctx = sum(s["ctx"] for s in self.batch)
-            topk = sum(c.min_ctx_topk(s["ctx"]) for s in self.batch)
-            await self.compute.run(c.decode_step_s(len(self.batch), ctx, topk))
-            for s in list(self.batch):
-                s["q"].put_nowait(GEN_ID_LO + (s["ctx"] * 7919) % 10_000)
+            batch = list(self.batch)  # the requests of this step (one that joins mid-step waits for the next)
+            if self.torch:  # compute: torch
+                tokens = await self.torch.step(batch)
+            else:
+                ctx = sum(s["ctx"] for s in batch)
+                topk = sum(c.min_ctx_topk(s["ctx"]) for s in batch)
+                await self.compute.run(c.decode_step_s(len(batch), ctx, topk))
+                tokens = [GEN_ID_LO + (s["ctx"] * 7919) % 10_000 for s in batch]
+            for s, tok in zip(batch, tokens):
+                s["q"].put_nowait(tok)
                 s["ctx"] += 1
                 s["left"] -= 1
                 if s["left"] <= 0:

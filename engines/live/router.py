@@ -135,9 +135,12 @@ class Router:
         t0 = time.perf_counter()
         keys = chain_keys(tokens, self.block_tokens)
         try:
-            async with self.session.post(self.url(self.cfg["storage"], "/hit"), json={"keys": [k.hex() for k in keys]},
-                                         timeout=aiohttp.ClientTimeout(total=30)) as r:
-                hit_blocks = (await r.json())["hit_blocks"]
+            hit_blocks = 0  # kv_cache: off (the reference, issue 17): every prompt computed from scratch
+            if self.cfg.get("kv_cache", True) is not False:
+                async with self.session.post(self.url(self.cfg["storage"], "/hit"),
+                                             json={"keys": [k.hex() for k in keys]},
+                                             timeout=aiohttp.ClientTimeout(total=30)) as r:
+                    hit_blocks = (await r.json())["hit_blocks"]
         except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
             self.requests.labels("error").inc()
             return bad(f"storage: {type(exc).__name__}: {exc}", 502)
@@ -167,7 +170,8 @@ class Router:
         try:
             async with self.session.post(self.url(pe, "/prefill"), json={
                     "rid": rid, "prompt_tokens": len(tokens), "keys": read_keys, "read_side": side,
-                    "layerwise": self.policy.layerwise, "de": {"host": de["host"], "data_port": de["data_port"]}},
+                    "layerwise": self.policy.layerwise, "de": {"host": de["host"], "data_port": de["data_port"]},
+                    **({"tokens": tokens} if self.cfg.get("compute") == "torch" else {})},  # issue 17
                     timeout=aiohttp.ClientTimeout(total=WAIT_S)) as r:
                 facts = await r.json()
             if "error" in facts:

@@ -22,7 +22,7 @@ from multiprocessing import resource_tracker, shared_memory
 
 PREFIX = struct.Struct("!IQ")   # header length, payload length
 SOCK_BUF = 8 << 20
-TRANSPORTS = ("tcp", "shm")
+TRANSPORTS = ("tcp", "shm", "rdma", "nixl")  # rdma, nixl: engines/live/rdma.py, nixl.py (issue 17)
 
 
 class ChannelClosed(ConnectionError):
@@ -212,11 +212,17 @@ class ShmChannel:
 
 def wrap(kind: str, sock: socket.socket, pacer=None, **shm):
     """A channel of `kind` (tcp | shm) over a connected socket."""
-    control = TcpChannel(sock, pacer=None if kind == "shm" else pacer)
+    control = TcpChannel(sock, pacer=None if kind in ("shm", "rdma", "nixl") else pacer)
     if kind == "tcp":
         return control
     if kind == "shm":
         return ShmChannel(control, pacer=pacer, **shm)
+    if kind == "rdma":  # issue 17
+        from engines.live.rdma import RdmaChannel
+        return RdmaChannel(control, pacer=pacer, **shm)
+    if kind == "nixl":  # issue 17
+        from engines.live.nixl import NixlChannel
+        return NixlChannel(control, pacer=pacer, **shm)
     raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {kind!r}")
 
 

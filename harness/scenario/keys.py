@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.contract import BACKENDS, PLANNED_BACKENDS as UNAVAILABLE_BACKENDS
+from engines.live.transport import TRANSPORTS
 from traces.io import FORMATS
 from traces.presets import PRESETS
 from traces.synth import MAX_AGENTS, SynthParams
@@ -93,8 +94,9 @@ SCHEMA = Mapping({
     "abort": Mapping({"max_consecutive_failures": Int(1, MAX_AGENTS), "window_requests": Int(1, MAX_AGENTS),
                       "max_failure_share": Number(gt=0), "min_ok_share": Number(ge=0)}),
     # the live cluster (backend live; the simulator accepts and ignores it)
-    "live": Mapping({"transport": Str(choices=("tcp", "shm")), "compute": Str(choices=("modeled",)),
+    "live": Mapping({"transport": Str(choices=TRANSPORTS), "compute": Str(choices=("modeled", "torch")),
                      "time_scale": Number(gt=0, le=1e6), "storage_dir": Str(),
+                     "kv_cache": Bool(),  # issue 17: false (YAML off) is the reference, every prompt recomputed
                      # line rates the live cluster paces (Gbps; x the sim's efficiencies, as a profile's are):
                      # from 125 kB/s (slower never ends a run) to 100 Gbps (beyond what one host moves)
                      "snic_gbps": Number(ge=1e-3, le=100), "cnic_gbps": Number(ge=1e-3, le=100)}),
