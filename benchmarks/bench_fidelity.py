@@ -1,7 +1,7 @@
 """The simulator's fidelity against the paper: every Fig. 7 cell and the Fig. 12 ablation, ours vs paper.
 
     .venv/bin/python benchmarks/bench_fidelity.py [--agents 512,1024] [--models ds660b,ds27b,qwen]
-        [--ablation-agents 1024,2048] [--set KEY=VALUE ...] [-j N] [-o OUT] [--resume] [--before DIR]
+        [--ablation-agents 1024,2048] [--presets paper-32k,...] [--set KEY=VALUE ...] [-j N] [-o OUT] [--resume] [--before DIR]
 
 It runs the paper suite's own scenarios (scenarios/paper/fig7-*.yaml, ablation-ds660b-64k.yaml) through the
 suite's runner (harness/sweep.py, harness/pool.py), only the points asked for: the whole grid (512-4,096
@@ -59,11 +59,14 @@ def _models(text: str) -> list[str]:
     return names
 
 
-def select(path: Path, agents: list[int] | None, sets: list[str], out: Path) -> list[dict]:
-    """The suite's tasks for one scenario file, only the points whose agent count is asked for."""
+def select(path: Path, agents: list[int] | None, presets: list[str] | None, sets: list[str], out: Path) -> list[dict]:
+    """The suite's tasks for one scenario file, only the points whose agent count and preset are asked for."""
     scenario, points = expand(str(path), sets)
+    synth = scenario["trace"]["synth"]
     if agents is not None:
-        points = [p for p in points if p[1].get(AGENTS, scenario["trace"]["synth"]["agents"]) in agents]
+        points = [p for p in points if p[1].get(AGENTS, synth["agents"]) in agents]
+    if presets is not None:
+        points = [p for p in points if p[1].get(PRESET, synth["preset"]) in presets]
     return tasks_for(str(path), sets, out / scenario["name"], scenario, points) if points else []
 
 
@@ -177,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--qwen-agents", type=_ints, default=None, help="Qwen2.5-32B's agent counts (default: all its cells)")
     ap.add_argument("--ablation-agents", type=_ints, default=[1024], help="the ablation's agent counts "
                     "(default 1024; the paper's: 1024,2048)")
+    ap.add_argument("--presets", type=lambda t: [v.strip() for v in t.split(",") if v.strip()], default=None,
+                    help="only these datasets (e.g. paper-32k,paper-48k; default: all)")
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a key in every point (e.g. sim.copy_submit_s=0)")
@@ -190,9 +195,10 @@ def main(argv=None) -> int:
     try:
         tasks = []
         for m in args.models:
-            tasks += select(PAPER / FILES[m], args.qwen_agents if m == "qwen" else args.agents, args.sets, out)
+            tasks += select(PAPER / FILES[m], args.qwen_agents if m == "qwen" else args.agents, args.presets,
+                            args.sets, out)
         if not args.no_ablation:
-            tasks += select(PAPER / ABLATION, args.ablation_agents, args.sets, out)
+            tasks += select(PAPER / ABLATION, args.ablation_agents, args.presets, args.sets, out)
         if not tasks:
             raise InputError("no point matches these agent counts", field="--agents")
         before = read_csv(args.before / CSV) if args.before else None

@@ -3,8 +3,8 @@
 Each preset states Table 2's turns, append and gen means as targets (the generator realises them) and
 its maximum context length; the shape parameters are the defaults of `SynthParams`, shared by all three
 presets: `full_fraction` and `first_append_mean` fitted once so that Table 2's total and context means
-come out as well; `turns_max_ratio`, the tail of turns, set per preset from one share fitted on the
-simulator's calibration point (TURN_BUDGET_SHARE below; README, "Calibration"). `TABLE2` keeps all five published means for the checks.
+come out as well; `turns_max_ratio`, the tail of turns, fitted on the simulator's calibration point
+(README, "Calibration"). `TABLE2` keeps all five published means for the checks.
 """
 from __future__ import annotations
 
@@ -18,21 +18,8 @@ TABLE2 = {  # turns, append, gen, total, context
 }
 MAX_CONTEXT = {"paper-32k": 32_768, "paper-48k": 49_152, "paper-64k": 65_536}
 
-# The turn tail (README "Calibration"): a rollout's turn limit is a share of the rounds a full context holds
-# at the mean generation length (max_context / gen_mean), so a dataset with a longer context also lets its
-# agents run longer. [fitted] once, at the calibration point (Oracle, DS 660B 64K, 512 agents: turn limit 251,
-# as the earlier rule of 1.6 x turns_mean gave there); 32K and 48K follow (149 and 193 turns).
-TURN_BUDGET_SHARE = 0.674
-
-
-def turn_limit_ratio(max_context: int, turns_mean: float, gen_mean: float, share: float = TURN_BUDGET_SHARE) -> float:
-    """`turns_max_ratio` that makes the turn limit round(share x max_context / gen_mean)."""
-    return max(1.0, round(share * max_context / gen_mean) / turns_mean)
-
-
 PRESETS = {
-    name: SynthParams(max_context=MAX_CONTEXT[name], turns_mean=t[0], append_mean=t[1], gen_mean=t[2],
-                      turns_max_ratio=turn_limit_ratio(MAX_CONTEXT[name], t[0], t[2]))
+    name: SynthParams(max_context=MAX_CONTEXT[name], turns_mean=t[0], append_mean=t[1], gen_mean=t[2])
     for name, t in TABLE2.items()
 }
 # For CI and laptops: a small local model serves it in seconds (agents of ~1,200 tokens, at most 4K).
