@@ -25,7 +25,7 @@ MAY_BE_ZERO = frozenset({"read_overhead_s", "copy_submit_s", "prefill_layer_over
 @dataclass(frozen=True)
 class SimConstants:
     # ----- storage and links -----
-    snic_efficiency: float = 0.549       # [fitted] share of SNIC line rate a KV read achieves (basic, 4,096)
+    snic_efficiency: float = 0.557       # [fitted] share of SNIC line rate a KV read achieves (basic, 4,096)
     read_overhead_s: float = 0.002       # [prior] fixed latency of a request's read (fit needs ~0.3 s: README)
     read_parallelism: int = 8            # [assumed] concurrent reads per node sharing its SNIC
     cnic_efficiency: float = 0.8         # [prior] cost-model.md 2.4: eta_CNIC 0.8
