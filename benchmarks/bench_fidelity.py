@@ -183,6 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", type=lambda t: [v.strip() for v in t.split(",") if v.strip()], default=None,
                     help="only these datasets (e.g. paper-32k,paper-48k; default: all)")
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--no-fig7", action="store_true", help="only the ablation")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a key in every point (e.g. sim.copy_submit_s=0)")
     ap.add_argument("-j", "--jobs", type=int, default=1)
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
     out = args.output or ROOT / "results" / f"fidelity-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         tasks = []
-        for m in args.models:
+        for m in [] if args.no_fig7 else args.models:
             tasks += select(PAPER / FILES[m], args.qwen_agents if m == "qwen" else args.agents, args.presets,
                             args.sets, out)
         if not args.no_ablation:
