@@ -1,11 +1,12 @@
 """Prefill engine groups: batch formation per PE and one event per expert-parallel group step.
 
 A step's time is the slowest PE's attention (data-parallel) plus the group's shared FFN plus fixed
-overheads. With layer-wise prefill the hit KV streams into HBM layer by layer while the batch
+overheads (a dense model has no expert parallelism: the slowest PE's attention plus its own FFN). With layer-wise prefill the hit KV streams into HBM layer by layer while the batch
 computes (PE path: H2D from the PE node's buffer; DE path: RDMA from the DE node's buffer), and each
 layer's KV streams out to the DE buffer: the step ends at max(compute, last load + one layer of
 compute), the overlap computed rather than simulated layer by layer. Whole-request prefill (basic)
-computes only requests whose KV is already in HBM, and sends their KV to the DE after the step.
+computes only requests whose KV is already in HBM, and sends their KV to the DE after the step; its
+PE first submits the H2D copies of each new request's hit KV (`copy_submit_s`), serial with compute.
 """
 from __future__ import annotations
 
@@ -146,11 +147,11 @@ class PrefillGroup:
                 speed = cost.batch_speed(len(batch))
                 batch = [(req, ntok, attn / speed) for req, ntok, attn in batch]  # batch-size efficiency
                 items.append((pe, batch))
-                attn = sum(b[2] for b in batch) + self._copy_submit_s(batch)
+                gpu_s = sum(b[2] for b in batch) + self._copy_submit_s(batch)  # this GPU before the FFN
                 ntok = sum(b[1] for b in batch)
-                attn_max = max(attn_max, attn)
+                attn_max = max(attn_max, gpu_s)
                 if not cost.is_moe:
-                    dense_max = max(dense_max, attn + cost.prefill_ffn_s(ntok, 1) / speed)
+                    dense_max = max(dense_max, gpu_s + cost.prefill_ffn_s(ntok, 1) / speed)
                 tokens += ntok
                 requests += len(batch)
         if not items:
