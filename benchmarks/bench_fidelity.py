@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness import pool  # noqa: E402
+from harness.cli import Parser, UsageError  # noqa: E402
+from harness.cli_run import positive_int  # noqa: E402
 from harness.cli_suite import INDEX, tasks_for  # noqa: E402
 from harness.report.paper import expected_rows  # noqa: E402
 from harness.sweep import expand  # noqa: E402
@@ -63,11 +65,16 @@ def select(path: Path, agents: list[int] | None, presets: list[str] | None, sets
     """The suite's tasks for one scenario file, only the points whose agent count and preset are asked for."""
     scenario, points = expand(str(path), sets)
     synth = scenario["trace"]["synth"]
+    every = points
     if agents is not None:
         points = [p for p in points if p[1].get(AGENTS, synth["agents"]) in agents]
     if presets is not None:
         points = [p for p in points if p[1].get(PRESET, synth["preset"]) in presets]
-    return tasks_for(str(path), sets, out / scenario["name"], scenario, points) if points else []
+    if not points:
+        have = sorted({p[1].get(AGENTS, synth["agents"]) for p in every})
+        print(f"{path.name}: no point asked for (its agent counts: {', '.join(map(str, have))})", file=sys.stderr)
+        return []
+    return tasks_for(str(path), sets, out / scenario["name"], scenario, points)
 
 
 def cells(tasks: list[dict]) -> list[dict]:
@@ -173,7 +180,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=_ints, default=[512, 1024], help="DS cells' agent counts (default 512,1024; "
                     "the grid: 512,1024,2048,4096)")
     ap.add_argument("--models", type=_models, default=list(FILES), help="ds660b,ds27b,qwen (default: all)")
@@ -186,12 +193,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fig7", action="store_true", help="only the ablation")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a key in every point (e.g. sim.copy_submit_s=0)")
-    ap.add_argument("-j", "--jobs", type=int, default=1)
+    ap.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N", help="points run at a time (default 1)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     ap.add_argument("--resume", action="store_true", help="run only the points OUT does not hold finished")
     ap.add_argument("--report-only", action="store_true", help="print OUT's table without running anything")
     ap.add_argument("--before", type=Path, help="an earlier output directory (its fidelity.csv) to compare with")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     out = args.output or ROOT / "results" / f"fidelity-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         tasks = []
@@ -217,6 +228,9 @@ def main(argv=None) -> int:
         _, counts = pool.run_all(tasks, out / INDEX, args.jobs, "process", None, args.resume)
         print(f"[{time.perf_counter() - t0:.0f} s wall]", file=sys.stderr)
     rows = cells(tasks)
+    if args.report_only and not rows:
+        print(f"{out}: no finished point to report (run without --report-only)", file=sys.stderr)
+        return 1
     if not args.report_only:
         write_csv(rows, out / CSV)
     report(rows, before)
