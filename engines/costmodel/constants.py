@@ -17,7 +17,7 @@ from traces.errors import InputError
 
 # Constants that may be 0 (latencies, overheads, reserves); every other one is a rate, a share or a
 # count the model divides by, and must be > 0.
-MAY_BE_ZERO = frozenset({"read_overhead_s", "prefill_layer_overhead_s", "prefill_step_overhead_s",
+MAY_BE_ZERO = frozenset({"read_overhead_s", "copy_submit_s", "prefill_layer_overhead_s", "prefill_step_overhead_s",
                          "prefill_activation_gb", "decode_step_overhead_s", "decode_per_seq_s", "ep_layer_latency_s",
                          "decode_activation_gb"})
 
@@ -25,10 +25,12 @@ MAY_BE_ZERO = frozenset({"read_overhead_s", "prefill_layer_overhead_s", "prefill
 @dataclass(frozen=True)
 class SimConstants:
     # ----- storage and links -----
-    snic_efficiency: float = 0.549       # [fitted] share of SNIC line rate a KV read achieves (basic, 4,096)
+    snic_efficiency: float = 0.557       # [fitted] share of SNIC line rate a KV read achieves (basic, 4,096)
     read_overhead_s: float = 0.002       # [prior] fixed latency of a request's read (fit needs ~0.3 s: README)
     read_parallelism: int = 8            # [assumed] concurrent reads per node sharing its SNIC
     cnic_efficiency: float = 0.8         # [prior] cost-model.md 2.4: eta_CNIC 0.8
+    copy_submit_s: float = 6e-6          # [paper] 5.2: a cudaMemcpyAsync submission takes 5-7 us; whole-request
+                                         # prefill submits one per KV block per layer before computing (0: off)
     # ----- prefill compute (fractions of peak) -----
     prefill_efficiency: float = 1.0      # [prior] scales the three MFUs below together (1 = the priors)
     linear_mfu: float = 0.7              # [prior] FP8 GEMM MFU for >= 512-token batches (AIC/BLIS 0.6-0.75)

@@ -1,11 +1,12 @@
 """Prefill engine groups: batch formation per PE and one event per expert-parallel group step.
 
 A step's time is the slowest PE's attention (data-parallel) plus the group's shared FFN plus fixed
-overheads. With layer-wise prefill the hit KV streams into HBM layer by layer while the batch
+overheads (a dense model has no expert parallelism: the slowest PE's attention plus its own FFN). With layer-wise prefill the hit KV streams into HBM layer by layer while the batch
 computes (PE path: H2D from the PE node's buffer; DE path: RDMA from the DE node's buffer), and each
 layer's KV streams out to the DE buffer: the step ends at max(compute, last load + one layer of
 compute), the overlap computed rather than simulated layer by layer. Whole-request prefill (basic)
-computes only requests whose KV is already in HBM, and sends their KV to the DE after the step.
+computes only requests whose KV is already in HBM, and sends their KV to the DE after the step; its
+PE first submits the H2D copies of each new request's hit KV (`copy_submit_s`), serial with compute.
 """
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ class PrefillGroup:
         requests = 0
         attn_max = 0.0
         cost = self.cost
+        dense_max = 0.0  # a dense model has no expert parallelism: each GPU runs its own tokens' FFN
         for pe in self.pes:
             if not pe.ready:
                 continue
@@ -142,18 +144,21 @@ class PrefillGroup:
                 speed = cost.batch_speed(len(batch))
                 batch = [(req, ntok, attn / speed) for req, ntok, attn in batch]  # batch-size efficiency
                 items.append((pe, batch))
-                attn = 0
-                for b in batch:
-                    attn += b[2]
-                    tokens += b[1]
-                if attn > attn_max:
-                    attn_max = attn
+                gpu_s = sum(b[2] for b in batch) + self._copy_submit_s(batch)  # this GPU before the FFN
+                ntok = sum(b[1] for b in batch)
+                attn_max = max(attn_max, gpu_s)
+                if not cost.is_moe:
+                    dense_max = max(dense_max, gpu_s + cost.prefill_ffn_s(ntok, 1) / speed)
+                tokens += ntok
                 requests += len(batch)
         if not items:
             return
-        ep = len(self.pes) if cost.is_moe else 1
-        ffn = cost.prefill_ffn_s(tokens, ep) / cost.batch_speed(requests / ep)
-        self.compute_s = attn_max + ffn + cost.prefill_step_overhead_s
+        if cost.is_moe:  # expert-parallel FFN shared by the group, after every GPU's attention
+            ep = len(self.pes)
+            compute = attn_max + cost.prefill_ffn_s(tokens, ep) / cost.batch_speed(requests / ep)
+        else:
+            compute = dense_max
+        self.compute_s = compute + cost.prefill_step_overhead_s
         self.busy = True
         self.items = items
         self.t0 = self.loop.now
@@ -165,6 +170,17 @@ class PrefillGroup:
                 for req, ntok, _ in batch:
                     self._start_streams(pe, req, ntok)
         self.loop.after(self.compute_s, self._compute_end)
+
+    def _copy_submit_s(self, batch) -> float:
+        """Whole-request prefill: the CPU time to submit the H2D copies of the batch's hit KV, one
+        cudaMemcpyAsync per block per layer (DRAM holds Full Blocks, HBM a buffer per layer), serial with
+        compute (paper 5.2: 5-7 us a submission). Layer-wise prefill overlaps its loads with compute."""
+        per_copy = self.cost.k.copy_submit_s
+        if self.layerwise or per_copy <= 0:
+            return 0.0
+        block, layers = self.cost.k.kv_block_tokens, self.cost.model.layers
+        blocks = sum(-(-req.cached_now // block) for req, _, _ in batch if req.chunks == 0)
+        return blocks * layers * per_copy
 
     def _start_streams(self, pe: Engine, req, ntok: int) -> None:
         """Layer-wise: load this request's cached KV into HBM and stream its new (PE path: all) KV out.
