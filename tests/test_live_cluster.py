@@ -91,6 +91,28 @@ def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
             assert de_read.any() and (rows.read_side == "pe").any()
 
 
+def test_modeled_prefill_alone_runs_at_the_batch_of_one_efficiency(tmp_path):
+    """A PE computing one request at a time (one agent) is a batch of one: the cost model's saturated time
+    / batch_speed(1), as the simulator charges it. Wall time can only exceed the modeled time (the
+    compute thread sleeps until its virtual clock), less its 5 ms burst credit and 1 ms sleep grain."""
+    from engines.live.compute import cost_model
+
+    path = scenario(tmp_path, agents=1, systems=["dualpath"])
+    s = yaml.safe_load(path.read_text())
+    s["live"]["snic_gbps"] = 4.0  # reading is not what this test waits for
+    path.write_text(yaml.safe_dump(s))
+    r = run_cli(["run", str(path), "-o", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    req = pd.read_parquet(tmp_path / "out" / "requests.parquet")
+    cost = cost_model(s["model"], s["hardware"], s["sim"])
+    assert cost.batch_speed(1) < 0.5 and len(req) >= 3
+    for row in req.itertuples():
+        new = row.prompt_tokens - row.cached_tokens
+        saturated = (cost.prefill_attention_s(row.cached_tokens, new) + cost.prefill_ffn_s(new, 1)
+                     + cost.prefill_step_overhead_s)
+        assert row.prefill_s >= saturated / cost.batch_speed(1) - 0.006, (row.round, row.prefill_s, saturated)
+
+
 def test_an_engine_killed_mid_run_ends_the_run_with_exit_1_and_its_rows(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(scenario(tmp_path, agents=6)), "-o", str(out)],

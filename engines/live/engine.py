@@ -5,7 +5,9 @@ Every KV byte moves for real; compute is modeled (engines/live/compute.py). Per 
   the PE node's buffer. DE side: into the DE's buffer (where they stay), and over the compute link to the
   PE (traffic kv_transfer), which needs them to prefill.
 - prefill: layer-wise (`layerwise`: layer k's KV is sent to the DE while layer k+1 computes) or whole-
-  request (`basic`: compute, then send). The PE sends the hit and miss KV on the PE read path, only the
+  request (`basic`: compute, then send). Modeled compute is continuous batching: the requests computing
+  on a PE at once are its batch, each layer's step taking the cost model's time at the batch-size
+  efficiency of their number (`CostModel.batch_speed`, as the simulator's steps do). The PE sends the hit and miss KV on the PE read path, only the
   miss KV on the DE read path (the hit KV is already in the DE buffer).
 - decode: continuous batching on the DE (every active request gets a token per step), exactly
   `max_tokens` tokens; then the new Full Blocks are written back to storage (traffic kv_write).
@@ -158,7 +160,7 @@ class Part:
 
 class PrefillEngine(Part):
     role = "pe"
-
+    computing = 0  # requests in their layer loop now: the modeled batch
     async def peer(self, de: dict):
         key = (de["host"], int(de["data_port"]))
         ch = self.peers.get(key)
@@ -189,16 +191,23 @@ class PrefillEngine(Part):
                 header, payload = await self.next_frame(rid)  # the hit KV, layer-major, over the compute link
                 kv[:, :hit * self.bpt] = payload.reshape(self.layers, hit * self.bpt)
             t1 = time.perf_counter()
-            layer_s = self.prefill_s(hit, prompt - hit) / self.layers
+            layer_s = self.prefill_s(hit, prompt - hit) / self.layers  # at saturation (batch_speed 1.0)
             first = 0 if side != "de" else hit * self.bpt       # DE read path: only the miss KV goes to the DE
             sends = []
             run = self.torch.prefill(body["tokens"], kv, hit) if self.torch else None  # compute: torch
-            for layer in range(self.layers):
-                await (run.layer(layer) if run else self.compute.run(layer_s))
-                part = kv[layer, first:]
-                frame = self.send_kv(ch, {"op": "kv", "rid": rid, "layer": layer, "from": first,
-                                          "prompt_tokens": prompt, "traffic": "kv_transfer"}, part)
-                sends.append(asyncio.create_task(frame) if layerwise else frame)
+            self.computing += 1
+            try:
+                for layer in range(self.layers):
+                    if run:
+                        await run.layer(layer)
+                    else:  # a batch of n computes n layers at batch_speed(n): each takes layer_s / speed
+                        await self.compute.run(layer_s / self.cost.batch_speed(self.computing))
+                    part = kv[layer, first:]
+                    frame = self.send_kv(ch, {"op": "kv", "rid": rid, "layer": layer, "from": first,
+                                              "prompt_tokens": prompt, "traffic": "kv_transfer"}, part)
+                    sends.append(asyncio.create_task(frame) if layerwise else frame)
+            finally:
+                self.computing -= 1
             t2 = time.perf_counter()
             for s in sends:
                 await s  # layer-wise: already on the wire while later layers computed; basic: sent now
