@@ -54,6 +54,9 @@ class SimConstants:
     beta_compute_s: float = policy.BETA_COMPUTE_S
     de_z_factor: float = policy.DE_Z_FACTOR
     kv_block_tokens: int = 64            # [paper] persistence granularity ("e.g., 64 tokens")
+    hit_granularity_tokens: int = 1      # [assumed] a round's hit rounded down to a multiple of this: 1 = the
+                                         # trace's context, token-exact; the live cluster's store keeps whole
+                                         # Full Blocks only, so its scenarios set kv_block_tokens (64)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -5,9 +5,8 @@ Every KV byte moves for real; compute is modeled (engines/live/compute.py). Per 
   the PE node's buffer. DE side: into the DE's buffer (where they stay), and over the compute link to the
   PE (traffic kv_transfer), which needs them to prefill.
 - prefill: layer-wise (`layerwise`: layer k's KV is sent to the DE while layer k+1 computes) or whole-
-  request (`basic`: compute, then send). Modeled compute is continuous batching: the requests computing
-  on a PE at once are its batch, each layer's step taking the cost model's time at the batch-size
-  efficiency of their number (`CostModel.batch_speed`, as the simulator's steps do). The PE sends the hit and miss KV on the PE read path, only the
+  request (`basic`: compute, then send). Modeled compute runs in steps formed as the simulator forms
+  them (engines/live/batcher.py: the shared batch formers, the compute quota, the batch-size efficiency). The PE sends the hit and miss KV on the PE read path, only the
   miss KV on the DE read path (the hit KV is already in the DE buffer).
 - decode: continuous batching on the DE (every active request gets a token per step), exactly
   `max_tokens` tokens; then the new Full Blocks are written back to storage (traffic kv_write).
@@ -25,6 +24,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from engines.live.batcher import Batcher, Job
 from engines.live.compute import ComputeThread, cost_model, torch_compute
 from engines.live.pacer import Pacer
 from engines.live.serving import serve_until_cancelled
@@ -160,7 +160,10 @@ class Part:
 
 class PrefillEngine(Part):
     role = "pe"
-    computing = 0  # requests in their layer loop now: the modeled batch
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.batcher = Batcher(self.cost, self.compute, self.layers, quota_s=self.cost.k.compute_quota_s)
     async def peer(self, de: dict):
         key = (de["host"], int(de["data_port"]))
         ch = self.peers.get(key)
@@ -168,10 +171,6 @@ class PrefillEngine(Part):
             ch = self.peers[key] = await connect(self.kind, *key)
             asyncio.create_task(self.route(ch))
         return ch
-
-    def prefill_s(self, hit: int, new: int) -> float:
-        c = self.cost
-        return c.prefill_attention_s(hit, new) + c.prefill_ffn_s(new, 1) + c.prefill_step_overhead_s
 
     async def prefill(self, request):
         body = await request.json()
@@ -191,23 +190,28 @@ class PrefillEngine(Part):
                 header, payload = await self.next_frame(rid)  # the hit KV, layer-major, over the compute link
                 kv[:, :hit * self.bpt] = payload.reshape(self.layers, hit * self.bpt)
             t1 = time.perf_counter()
-            layer_s = self.prefill_s(hit, prompt - hit) / self.layers  # at saturation (batch_speed 1.0)
             first = 0 if side != "de" else hit * self.bpt       # DE read path: only the miss KV goes to the DE
             sends = []
             run = self.torch.prefill(body["tokens"], kv, hit) if self.torch else None  # compute: torch
-            self.computing += 1
+            job = None
+            if not run:  # modeled: a step of the PE's batch (engines/live/batcher.py) computes it
+                job = Job(hit, prompt - hit)
+                self.batcher.submit(job, chunked=bool(body.get("chunked", False)))
             try:
                 for layer in range(self.layers):
                     if run:
                         await run.layer(layer)
-                    else:  # a batch of n computes n layers at batch_speed(n): each takes layer_s / speed
-                        await self.compute.run(layer_s / self.cost.batch_speed(self.computing))
+                    else:
+                        done = await asyncio.wait_for(job.layers.get(), WAIT_S)
+                        if isinstance(done, Exception):
+                            raise RuntimeError(f"compute failed: {done}")
                     part = kv[layer, first:]
                     frame = self.send_kv(ch, {"op": "kv", "rid": rid, "layer": layer, "from": first,
                                               "prompt_tokens": prompt, "traffic": "kv_transfer"}, part)
                     sends.append(asyncio.create_task(frame) if layerwise else frame)
             finally:
-                self.computing -= 1
+                if job is not None:
+                    self.batcher.withdraw(job)
             t2 = time.perf_counter()
             for s in sends:
                 await s  # layer-wise: already on the wire while later layers computed; basic: sent now

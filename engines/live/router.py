@@ -170,7 +170,8 @@ class Router:
         try:
             async with self.session.post(self.url(pe, "/prefill"), json={
                     "rid": rid, "prompt_tokens": len(tokens), "keys": read_keys, "read_side": side,
-                    "layerwise": self.policy.layerwise, "de": {"host": de["host"], "data_port": de["data_port"]},
+                    "layerwise": self.policy.layerwise, "chunked": self.policy.paper_scheduler,  # the batch former
+                    "de": {"host": de["host"], "data_port": de["data_port"]},
                     **({"tokens": tokens} if self.cfg.get("compute") == "torch" else {})},  # issue 17
                     timeout=aiohttp.ClientTimeout(total=WAIT_S)) as r:
                 facts = await r.json()

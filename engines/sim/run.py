@@ -74,7 +74,8 @@ def simulate(trace: Trace, system: str, *, model: ModelSpec, hardware: HardwareS
     shape = cluster_shape(cluster, model)
     cost = cost_model(model, hardware, shape, constants or SimConstants())
     agents = len(trace.agent_starts())
-    workload = Workload(trace, np.zeros(agents) if start_s is None else start_s, not_before_s)
+    workload = Workload(trace, np.zeros(agents) if start_s is None else start_s, not_before_s,
+                        hit_granularity=cost.k.hit_granularity_tokens)
     sim = Simulation(workload, policy, cost, shape, window_s=window_s, sink=sink if sink is not None else MemorySink(),
                      progress=progress)
     return sim.run(until_s)

@@ -12,10 +12,13 @@ from traces.schema import Trace
 
 
 class Workload:
-    def __init__(self, trace: Trace, start_s: np.ndarray, not_before_s: np.ndarray | None = None):
+    def __init__(self, trace: Trace, start_s: np.ndarray, not_before_s: np.ndarray | None = None,
+                 hit_granularity: int = 1):
         self.trace = trace
         self.prompt = trace.prompt_tokens()
         self.hit = trace.expected_cached_tokens()
+        if hit_granularity > 1:  # a store of whole blocks holds the prefix's full blocks only
+            self.hit = self.hit // hit_granularity * hit_granularity
         self.gen = trace.col("gen_tokens")
         self.tool = trace.col("tool_latency_s")
         starts = trace.agent_starts()
