@@ -68,7 +68,6 @@ def test_steps_follow_the_shared_batch_former_and_the_cost_model(chunked):
     assert all(seen == list(range(LAYERS)) for seen in layers)  # every layer, in order, once
     # replay the packing the simulator would do, step by step, and the time each step takes
     queue = [list(s) for s in shapes]
-    chunks = [0] * len(shapes)
     expected = []
     while queue:
         if chunked:

@@ -4,9 +4,10 @@ between two processes, for storage->node reads, node DRAM->PE and PE<->DE KV.
 - `tcp`: asyncio `sock_sendall` of the caller's buffer and `sock_recv_into` a preallocated buffer: the
   payload is never copied in Python (the kernel copies it once each way). `recv()` returns a view into the
   channel's buffer, valid until the next `recv()`.
-- `shm` (same host): the sender copies the payload once into a shared-memory pool of slots and sends only
-  the slot's number over a tcp control channel; the receiver's view is the slot itself, given back to the
-  sender (an ack frame) at its next `recv()`.
+- `shm` (same host, engines/live/shm.py): the sender copies the payload once into a shared-memory pool of
+  slots and sends only the slot's number over a tcp control channel; the receiver's view is the slot
+  itself, given back to the sender (an ack frame) at its next `recv()`. rdma and nixl (issue 17) work the
+  same way with registered memory (engines/live/slots.py).
 
 Every channel counts the bytes it moves per traffic class (`counters`, {(direction, traffic): bytes}) and
 may pace its sends with a `Pacer` (a CNIC's or SNIC's rate).
@@ -18,7 +19,6 @@ import json
 import socket
 import struct
 from collections import defaultdict
-from multiprocessing import resource_tracker, shared_memory
 
 PREFIX = struct.Struct("!IQ")   # header length, payload length
 SOCK_BUF = 8 << 20
@@ -109,113 +109,13 @@ class TcpChannel:
             pass
 
 
-class ShmChannel:
-    """Payloads through a shared-memory pool of `slots` x `slot_bytes`; control frames over tcp."""
-    kind = "shm"
-
-    def __init__(self, control: TcpChannel, slots: int = 4, slot_bytes: int = 64 << 20, pacer=None):
-        self.control = control
-        self.pacer = pacer
-        self.slot_bytes = slot_bytes
-        self.pool: shared_memory.SharedMemory | None = None  # ours, created at the first send
-        self.slots = slots
-        self.free: asyncio.Queue[int] = asyncio.Queue()
-        self.peer: dict[str, shared_memory.SharedMemory] = {}  # the peer's pools, attached by name
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.pending_ack: int | None = None
-        self.lent: memoryview | None = None   # the view the last recv() returned (released at the next)
-        self.counters = control.counters
-        self.reader = asyncio.create_task(self._read())
-
-    @property
-    def closed(self) -> bool:
-        return self.control.closed
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                header, view = await self.control.recv()
-                if "_ack" in header:
-                    self.free.put_nowait(header["_ack"])
-                elif "_slot" in header:
-                    self.inbox.put_nowait(header)
-                else:
-                    self.inbox.put_nowait((header, bytes(view)))
-        except (ChannelClosed, asyncio.CancelledError) as exc:
-            self.inbox.put_nowait(exc if isinstance(exc, ChannelClosed) else ChannelClosed("closed"))
-
-    async def send(self, header: dict, payload=b"", traffic: str = "other") -> None:
-        view = memoryview(payload).cast("B") if len(payload) else memoryview(b"")
-        if view.nbytes > self.slot_bytes:
-            raise ValueError(f"a shm frame holds at most {self.slot_bytes} bytes, got {view.nbytes}")
-        if self.pool is None:
-            self.pool = shared_memory.SharedMemory(create=True, size=self.slots * self.slot_bytes)
-            for i in range(self.slots):
-                self.free.put_nowait(i)
-
-        async def move():
-            slot = await self.free.get()
-            off = slot * self.slot_bytes
-            self.pool.buf[off:off + view.nbytes] = view  # the one copy
-            await self.control.send({**header, "_slot": slot, "_n": view.nbytes, "_pool": self.pool.name})
-        if self.pacer is not None and view.nbytes:
-            await self.pacer.pace(view.nbytes, move)
-        else:
-            await move()
-        self.counters[("tx", traffic)] += view.nbytes
-
-    async def recv(self) -> tuple[dict, memoryview]:
-        self._take_back()
-        if self.pending_ack is not None:
-            slot, self.pending_ack = self.pending_ack, None
-            await self.control.send({"_ack": slot})
-        item = await self.inbox.get()
-        if isinstance(item, ChannelClosed):
-            self.inbox.put_nowait(item)
-            raise item
-        if isinstance(item, tuple):
-            return item[0], memoryview(item[1])
-        header = item
-        name = header.pop("_pool")
-        pool = self.peer.get(name)
-        if pool is None:
-            pool = self.peer[name] = shared_memory.SharedMemory(name=name)
-            resource_tracker.unregister(pool._name, "shared_memory")  # the sender owns it and unlinks it
-        slot, n = header.pop("_slot"), header.pop("_n")
-        self.pending_ack = slot
-        off = slot * self.slot_bytes
-        self.counters[("rx", header.get("traffic", "other"))] += n
-        self.lent = pool.buf[off:off + n]
-        return header, self.lent
-
-    def _take_back(self) -> None:
-        if self.lent is not None:
-            self.lent.release()
-            self.lent = None
-
-    def close(self) -> None:
-        self._take_back()
-        self.reader.cancel()
-        self.control.close()
-        for pool in self.peer.values():
-            try:
-                pool.close()
-            except BufferError:  # a view is still held by the caller; the mapping goes with the process
-                pass
-        if self.pool is not None:
-            try:
-                self.pool.close()
-            except BufferError:
-                pass
-            self.pool.unlink()
-
-
 def wrap(kind: str, sock: socket.socket, pacer=None, **shm):
-    """A channel of `kind` (tcp | shm) over a connected socket."""
+    """A channel of `kind` (TRANSPORTS) over a connected socket."""
     control = TcpChannel(sock, pacer=None if kind in ("shm", "rdma", "nixl") else pacer)
     if kind == "tcp":
         return control
     if kind == "shm":
+        from engines.live.shm import ShmChannel
         return ShmChannel(control, pacer=pacer, **shm)
     if kind == "rdma":  # issue 17
         from engines.live.rdma import RdmaChannel
