@@ -31,13 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.live.pacer import Pacer  # noqa: E402
 from engines.live.transport import SOCK_BUF, ChannelClosed, connect, serve  # noqa: E402
-from engines.live.nixl import exit_now, probe as nixl_probe  # noqa: E402
+from engines.live.nixl import available as nixl_available, exit_now  # noqa: E402
 
-try:
-    nixl_probe()
-    NIXL = True
-except ImportError:
-    NIXL = False
+NIXL = nixl_available()
 
 MiB = 1 << 20
 

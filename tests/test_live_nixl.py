@@ -52,15 +52,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _nixl_here() -> bool:
-    try:
-        nixl.probe()
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _nixl_here(), reason="nixl-cu12 is not installed here")
+@pytest.mark.skipif(not nixl.available(), reason="nixl-cu12 is not installed here")
 def test_a_nixl_channel_moves_every_byte_and_its_process_exits_cleanly():
     r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]

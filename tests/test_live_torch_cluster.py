@@ -55,16 +55,8 @@ def finish(proc: subprocess.Popen, out: Path) -> pd.DataFrame:
     return req
 
 
-def _nixl_here() -> bool:
-    try:
-        nixl.probe()
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.mark.parametrize("transport", ["tcp", "shm", pytest.param(
-    "nixl", marks=pytest.mark.skipif(not _nixl_here(), reason="nixl-cu12 is not installed here"))])
+    "nixl", marks=pytest.mark.skipif(not nixl.available(), reason="nixl-cu12 is not installed here"))])
 def test_every_system_gives_the_reference_tokens(tmp_path, transport):
     path = scenario(tmp_path, "s", transport=transport)
     ref = start(path, tmp_path / "ref", "live.kv_cache=false", "systems=[basic]")  # the two runs at once

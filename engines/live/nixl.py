@@ -43,6 +43,15 @@ def probe() -> None:
     api()
 
 
+def available() -> bool:
+    """Whether NIXL imports here (tests and benchmarks skip it where it does not)."""
+    try:
+        probe()
+        return True
+    except ImportError:
+        return False
+
+
 def exit_now(code: int) -> None:
     """End a process that used NIXL without the interpreter's teardown (where the library crashes)."""
     sys.stdout.flush()
