@@ -1,6 +1,8 @@
 """`backend: sim`: run a system of the scenario on the simulator, records into the results writer."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from engines.sim import check_fits, simulate
@@ -48,4 +50,5 @@ def run_system(scenario: dict, trace: Trace, system: str, start_s: np.ndarray, n
                     start_s=start_s, not_before_s=not_before_s,
                     window_s=window_s, sink=sink, progress=progress,
                     until_s=float("inf") if until_s is None else until_s)
+    gc.collect()  # the simulation's objects hold each other (callbacks): free them before the summary runs
     return {"sim": {"events": info["events"], "alpha_tokens": info["alpha_tokens"], "beta_tokens": info["beta_tokens"]}}

@@ -437,6 +437,7 @@ class ResultsWriter:
         if self.system is None:
             raise RuntimeError("end_system() without begin_system()")
         frames = self.frames()
+        self._pending = {name: [] for name in TABLES}  # the frames hold the records now (and the streams on disk)
         summary = {"system": self.system, "complete": complete,
                    **metrics.summarize_system(frames["requests"], frames["agents"], frames["links"],
                                               frames["engines"], self.slo, self.window_s, self.arrival)}

@@ -1,0 +1,162 @@
+"""Fit the simulator's numbers for this host running the toy model of `live.compute: torch` on one CPU
+thread (or on CUDA where torch sees a GPU), so `--set backend=sim` can predict a torch live run.
+
+    .venv/bin/python benchmarks/profile_torch_host.py [--repeats 7] [--block 64]
+
+The calibration points are microbenchmarks of the model alone, never a run's JCT: prefill of one request
+at (cached, new) = (0, 128), (0, 512), (1024, 128), (1024, 512) and one decode call at contexts 256, 1024
+and 2048 (medians of --repeats). Fitted, least squares with
+coefficients >= 0 (a term that would come out negative is dropped):
+
+    prefill_s = A + B new + D new (cached + new / 2)      decode_s = E + G ctx
+
+and mapped onto the cost model (engines/costmodel/cost.py) for a batch of one, as the live torch PE
+computes (one request at a time; the simulator charges a batch of one at batch_speed(1) = 1/3):
+- B -> peak FLOP/s: 3 x (projection + FFN FLOPs a token) / B / linear_mfu (0.7, the prior);
+- D -> `attention_mfu`: 3 x attention FLOPs a key pair / D / peak;
+- A -> `prefill_layer_overhead_s`: (A - prefill_step_overhead_s) / layers;
+- G -> `decode_mfu`: attention FLOPs per context token / G / peak; E -> `decode_per_seq_s`: E less a
+  sequence's linear layers at that rate and the step overhead (each sequence is its own model call);
+  HBM bandwidth is set high enough that the memory term never binds.
+
+Prints the measurements, the fit's worst residual, the cost model's times at the calibration points with
+the fitted numbers (the mapping's check), and the YAML for a hardware profile and the
+scenario's `sim:` constants.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engines.costmodel import CostModel, SimConstants, hardware_spec, model_spec  # noqa: E402
+from engines.costmodel.profiles import GpuSpec  # noqa: E402
+from engines.live.torch_model import TinyDecoder, shape_for  # noqa: E402
+
+MODEL = Path(__file__).resolve().parents[1] / "scenarios" / "live" / "torch-tiny.model.yaml"
+HARDWARE = MODEL.with_name("torch-host.hardware.yaml")
+PREFILL = [(0, 128), (0, 512), (1024, 128), (1024, 512)]
+DECODE = [256, 1024, 2048]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_prefill(m: TinyDecoder, cached: int, new: int, repeats: int) -> float:
+    rng = np.random.default_rng(cached + new)
+    tokens = rng.integers(1000, 30000, cached + new).tolist()
+    kv = np.zeros((m.s.layers, (cached + new) * m.s.bytes_per_token_layer), np.uint8)
+    if cached:
+        run = m.prefill(tokens[:cached], kv, 0)
+        for i in range(m.s.layers):
+            run.layer(i)
+    times = []
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        run = m.prefill(tokens, kv, cached)
+        for i in range(m.s.layers):
+            run.layer(i)
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def time_decode(m: TinyDecoder, ctx: int, repeats: int) -> float:
+    tokens = np.random.default_rng(ctx).integers(1000, 30000, ctx).tolist()
+    kv = np.zeros((m.s.layers, (ctx + 1) * m.s.bytes_per_token_layer), np.uint8)
+    run = m.prefill(tokens, kv, 0)
+    for i in range(m.s.layers):
+        run.layer(i)
+    times = []
+    for _ in range(max(repeats, 5)):
+        _sync()
+        t0 = time.perf_counter()
+        m.decode(tokens[-1], ctx, kv)
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0: drop the most negative term and refit until none is."""
+    keep = list(range(X.shape[1]))
+    while True:
+        coef, *_ = np.linalg.lstsq(X[:, keep], y, rcond=None)
+        if (coef >= 0).all():
+            out = np.zeros(X.shape[1])
+            out[keep] = coef
+            return out
+        keep.pop(int(np.argmin(coef)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--block", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = model_spec(str(MODEL))
+    m = TinyDecoder(shape_for(spec, args.block), device=device)
+    time_prefill(m, 0, 64, 2)  # warm-up
+    pre = [(c, n, time_prefill(m, c, n, args.repeats)) for c, n in PREFILL]
+    dec = [(ctx, time_decode(m, ctx, args.repeats)) for ctx in DECODE]
+    print(f"device {device}; prefill (cached, new) -> ms; decode ctx -> ms")
+    for c, n, t in pre:
+        print(f"  prefill ({c:>5}, {n:>4})  {1e3 * t:8.2f}")
+    for ctx, t in dec:
+        print(f"  decode  {ctx:>5}          {1e3 * t:8.2f}")
+
+    X = np.array([[1.0, n, n * (c + n / 2)] for c, n, _ in pre])
+    y = np.array([t for _, _, t in pre])
+    a, b, d = nonneg_lstsq(X, y)
+    Xd = np.array([[1.0, ctx] for ctx, _ in dec])
+    yd = np.array([t for _, t in dec])
+    e, g = nonneg_lstsq(Xd, yd)
+    worst = max(np.max(np.abs(X @ [a, b, d] / y - 1)), np.max(np.abs(Xd @ [e, g] / yd - 1)))
+    print(f"fit: A {1e3 * a:.2f} ms  B {1e6 * b:.2f} us/token  D {1e9 * d:.3f} ns/pair  "
+          f"E {1e3 * e:.2f} ms  G {1e9 * g:.1f} ns/ctx token; worst residual {100 * worst:.1f} %")
+    if min(b, d, e, g) <= 0:
+        print("a fitted term is not positive: the host is too noisy for this fit; run again with more --repeats")
+        return 1
+
+    k = SimConstants()
+    L = spec.layers
+    lin_flops = 2 * spec.linear_params_per_token
+    pair = 4 * spec.attn_heads * spec.head_dim * L  # attention FLOPs per (query, key) pair, all layers
+    peak = 3 * lin_flops / b / k.linear_mfu
+    fitted = {"attention_mfu": 3 * pair / d / peak,
+              "prefill_layer_overhead_s": max(0.0, (a - k.prefill_step_overhead_s) / L),
+              "decode_mfu": pair / g / peak}
+    per_token = lin_flops / (peak * fitted["decode_mfu"])  # a sequence's linear layers in a decode step
+    fitted["decode_per_seq_s"] = max(0.0, e - per_token - k.decode_step_overhead_s)
+    hw = replace(hardware_spec(str(HARDWARE)), gpu=GpuSpec(peak, peak, 1.0e13, 2.0e9))
+    cost = CostModel(spec, hw, k.with_overrides(fitted), prefill_ep=1, decode_ep=1)
+    print("\nthe cost model with these numbers at the calibration points (a batch of one):")
+    for c, n, t in pre:
+        model = (cost.prefill_attention_s(c, n) + cost.prefill_ffn_s(n, 1)) / cost.batch_speed(1) \
+            + cost.prefill_step_overhead_s
+        print(f"  prefill ({c:>5}, {n:>4})  measured {1e3 * t:8.2f} ms  model {1e3 * model:8.2f} ms")
+    for ctx, t in dec:
+        model = cost.decode_step_s(1, ctx, ctx)
+        print(f"  decode  {ctx:>5}          measured {1e3 * t:8.2f} ms  model {1e3 * model:8.2f} ms")
+    print("\n# hardware profile (gpu part)")
+    print(f"gpu:\n  peak_flops_bf16: {peak:.3g}\n  peak_flops_fp8: {peak:.3g}\n  hbm_bw_bytes_s: 1.0e13\n  hbm_bytes: 2.0e9")
+    print("# the scenario's sim: constants")
+    print("sim: {" + ", ".join(f"{key}: {value:.3g}" for key, value in fitted.items()) + "}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
