@@ -495,7 +495,8 @@ def test_failures_are_recorded_and_kept_out_of_latency_statistics(cli, tmp_path)
     for name in ("ttft_s", "ttft_from_sent_s", "e2e_s", "tpot_s", "dispatch_lag_s"):
         assert s["latency"][name]["count"] == len(ok), name
     assert s["latency"]["ttft_s"]["max"] < 0.5, "a failed request's times leaked into TTFT"
-    assert not any(LAG_WARN in w for w in s["warnings"])
+    # (no check on the dispatch-lag warning here: on a loaded 2-core host it can be true, and this test is
+    # about failures; the lag tests cover it)
     assert f"{len(expect)} request(s) did not complete" in " ".join(s["warnings"])
     assert s["driver"]["aborted"] is None and s["driver"]["requests_failed"] == len(expect)
     agents = results["agents"].set_index("agent_id")["status"]
