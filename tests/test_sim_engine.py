@@ -774,3 +774,17 @@ class TestSharedLink:
         assert self.done.keys() == ref.keys()
         for i in ref:
             assert self.done[i] == pytest.approx(ref[i], rel=1e-9, abs=1e-9)
+
+
+def test_hit_granularity_rounds_every_hit_down_to_whole_blocks(trace, expected, runs):
+    """`sim.hit_granularity_tokens` (the live cluster's store keeps whole Full Blocks): every round's hit is
+    its context rounded down to a multiple of it; the reads shrink, the computed tokens grow by as much."""
+    block = 512
+    _, f = run(trace, "dualpath", constants=SimConstants().with_overrides({"hit_granularity_tokens": block}))
+    got = f["requests"].set_index(["agent_id", "round"]).sort_index()
+    exact = runs["dualpath"][1]["requests"].set_index(["agent_id", "round"]).sort_index()
+    ctx = expected.set_index(["agent_id", "round"]).context_before.sort_index()
+    assert (got.cached_tokens == ctx // block * block).all()
+    assert (exact.cached_tokens == ctx).all() and (got.cached_tokens < exact.cached_tokens).any()
+    assert (got.prompt_tokens == exact.prompt_tokens).all()
+    assert got.read_bytes.sum() < exact.read_bytes.sum()
