@@ -6,8 +6,9 @@ Every KV byte moves for real; compute is modeled (engines/live/compute.py). Per 
   PE (traffic kv_transfer), which needs them to prefill.
 - prefill: layer-wise (`layerwise`: layer k's KV is sent to the DE while layer k+1 computes) or whole-
   request (`basic`: compute, then send). Modeled compute runs in steps formed as the simulator forms
-  them (engines/live/batcher.py: the shared batch formers, the compute quota, the batch-size efficiency). The PE sends the hit and miss KV on the PE read path, only the
-  miss KV on the DE read path (the hit KV is already in the DE buffer).
+  them (engines/live/batcher.py: the shared batch formers, the compute quota, the batch-size
+  efficiency). The PE sends the hit and miss KV on the PE read path, only the miss KV on the DE read
+  path (the hit KV is already in the DE buffer).
 - decode: continuous batching on the DE (every active request gets a token per step), exactly
   `max_tokens` tokens; then the new Full Blocks are written back to storage (traffic kv_write).
 Control is HTTP (the router's calls, /health, /metrics); KV moves on transport channels
@@ -164,6 +165,7 @@ class PrefillEngine(Part):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self.batcher = Batcher(self.cost, self.compute, self.layers, quota_s=self.cost.k.compute_quota_s)
+
     async def peer(self, de: dict):
         key = (de["host"], int(de["data_port"]))
         ch = self.peers.get(key)
