@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -183,10 +185,27 @@ class Cluster:
             "storage": storage, "pes": pes, "des": des, "model_name": "dualpath-live",
             "compute": live["compute"], "kv_cache": live["kv_cache"]})  # issue 17
         self.router_url = f"http://127.0.0.1:{r['http_port']}"
+        self._wait_warm([f"pe{i}" for i in range(n_pe)] + [f"de{i}" for i in range(n_de)])
         print(f"live cluster ({self.system}): router {self.router_url} pids "
               + " ".join(f"{name}={p.pid}" for name, p in self.procs), file=sys.stderr, flush=True)
         self.metrics_urls = {name: f"http://127.0.0.1:{p['http_port']}/metrics" for name, p in self.ports.items()
                              if name != "router"}
+
+    def _wait_warm(self, names: list[str]) -> None:
+        """Every engine's `GET /warm`: returns once each can compute (compute: torch loads its model on the
+        engines' compute threads in parallel with the other parts' start-up), so the run measures serving,
+        not start-up; RuntimeError naming the engine and why when one cannot."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for name in names:
+            url = f"http://127.0.0.1:{self.ports[name]['http_port']}/warm"
+            try:
+                with urllib.request.urlopen(url, timeout=max(1.0, deadline - time.monotonic())) as resp:
+                    json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                why = json.loads(exc.read() or b"{}").get("error", f"HTTP {exc.code}")
+                raise RuntimeError(f"live cluster: {name} did not start: {why}") from None
+            except OSError as exc:
+                raise RuntimeError(f"live cluster: {name} did not start: /warm: {exc}") from None
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs if p.poll() is not None]

@@ -161,3 +161,28 @@ def test_a_whole_hit_read_on_the_de_side_sends_empty_layers_the_de_takes():
         finally:
             de.compute.close()
     assert asyncio.run(main()) == ((SHAPE.layers, 2 * B * BPT), True, 5)
+
+
+@pytest.mark.parametrize("model, status", [(str(LIVE / "torch-tiny.model.yaml"), 200), ("deepseek-27b", 503)])
+def test_warm_answers_once_the_model_has_run_and_says_why_it_cannot(model, status):
+    """The cluster starts a run only after every engine's /warm: 200 once the model is loaded and has
+    run (no request pays torch's import), 503 naming the cause when it cannot load."""
+    import json
+
+    from engines.live.engine import DecodeEngine
+
+    cfg = {"node": 1, "index": 0, "layers": SHAPE.layers, "block_tokens": B, "bytes_per_token_layer": BPT,
+           "cnic_bytes_s": 1e9, "model": model, "compute": "torch",
+           "hardware": str(LIVE / "live-host.hardware.yaml"), "storage": {}}
+
+    async def main():
+        de = DecodeEngine(cfg)
+        try:
+            resp = await de.warm(None)
+            return resp.status, json.loads(resp.body), de.torch._model is not None
+        finally:
+            de.compute.close()
+    got_status, body, loaded = asyncio.run(main())
+    assert (got_status, body["ok"], loaded) == (status, status == 200, status == 200)
+    if status == 503:
+        assert body["error"].startswith("compute: torch could not start: ValueError: kv_heads:")

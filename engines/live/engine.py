@@ -149,12 +149,22 @@ class Part:
     async def health(self, request):
         return web.json_response({"role": self.role, "ok": True, "node": self.node})
 
+    async def warm(self, request):
+        """200 once the engine can compute (compute: torch has loaded and run its model once), 503 and why
+        if it cannot; the cluster calls it before a run starts."""
+        if self.torch is not None:
+            await asyncio.wrap_future(self.torch.loaded)
+            if self.torch.error:
+                return web.json_response({"role": self.role, "ok": False, "error": self.torch.error}, status=503)
+        return web.json_response({"role": self.role, "ok": True})
+
     async def metrics(self, request):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 28)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/warm", self.warm)
         app.router.add_get("/metrics", self.metrics)
         return app
 
