@@ -4,8 +4,9 @@ thread (or on CUDA where torch sees a GPU), so `--set backend=sim` can predict a
     .venv/bin/python benchmarks/profile_torch_host.py [--repeats 7] [--block 64]
 
 The calibration points are microbenchmarks of the model alone, never a run's JCT: prefill of one request
-at (cached, new) = (0, 128), (0, 512), (1024, 128), (1024, 512) and one decode call at contexts 256, 1024
-and 2048 (medians of --repeats). Fitted, least squares with
+at (cached, new) = (0, 128), (0, 512), (1024, 128), (1024, 512) and a sequence's share of a decode step
+over 4 sequences (each its own KV buffer, as the DE steps its batch) at contexts 256, 1024 and 2048
+(each point's median over --repeats rounds of all the points in turn). Fitted, least squares with
 coefficients >= 0 (a term that would come out negative is dropped):
 
     prefill_s = A + B new + D new (cached + new / 2)      decode_s = E + G ctx
@@ -45,6 +46,7 @@ MODEL = Path(__file__).resolve().parents[1] / "scenarios" / "live" / "torch-tiny
 HARDWARE = MODEL.with_name("torch-host.hardware.yaml")
 PREFILL = [(0, 128), (0, 512), (1024, 128), (1024, 512)]
 DECODE = [256, 1024, 2048]
+DECODE_BATCH = 4
 
 
 def _sync() -> None:
@@ -73,18 +75,25 @@ def time_prefill(m: TinyDecoder, cached: int, new: int, repeats: int) -> float:
 
 
 def time_decode(m: TinyDecoder, ctx: int, repeats: int) -> float:
+    """One sequence's share of a decode step over DECODE_BATCH sequences at context `ctx`, each in its own
+    KV buffer, as the live DE steps its batch (engines/live/torch_compute.py `step`): a lone sequence
+    decoded again and again keeps its KV in the CPU cache, which a batch does not (1.3-1.5x slower)."""
     tokens = np.random.default_rng(ctx).integers(1000, 30000, ctx).tolist()
-    kv = np.zeros((m.s.layers, (ctx + 1) * m.s.bytes_per_token_layer), np.uint8)
-    run = m.prefill(tokens, kv, 0)
-    for i in range(m.s.layers):
-        run.layer(i)
+    kvs = []
+    for _ in range(DECODE_BATCH):
+        kv = np.zeros((m.s.layers, (ctx + 1) * m.s.bytes_per_token_layer), np.uint8)
+        run = m.prefill(tokens, kv, 0)
+        for i in range(m.s.layers):
+            run.layer(i)
+        kvs.append(kv)
     times = []
     for _ in range(max(repeats, 5)):
         _sync()
         t0 = time.perf_counter()
-        m.decode(tokens[-1], ctx, kv)
+        for kv in kvs:
+            m.decode(tokens[-1], ctx, kv)
         _sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / DECODE_BATCH)
     return float(np.median(times))
 
 
@@ -100,24 +109,28 @@ def nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
         keep.pop(int(np.argmin(coef)))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--block", type=int, default=64)
-    args = ap.parse_args()
+def measure(repeats: int, block: int) -> tuple[list, list]:
+    """The calibration points on this host now: [(cached, new, s)], [(ctx, s)]. The points in turn,
+    `repeats` rounds (a slow spell of this shared host spreads over every point instead of bending the
+    fit), each point's median over its rounds."""
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    spec = model_spec(str(MODEL))
-    m = TinyDecoder(shape_for(spec, args.block), device=device)
+    m = TinyDecoder(shape_for(model_spec(str(MODEL)), block), device=device)
     time_prefill(m, 0, 64, 2)  # warm-up
-    pre = [(c, n, time_prefill(m, c, n, args.repeats)) for c, n in PREFILL]
-    dec = [(ctx, time_decode(m, ctx, args.repeats)) for ctx in DECODE]
-    print(f"device {device}; prefill (cached, new) -> ms; decode ctx -> ms")
-    for c, n, t in pre:
-        print(f"  prefill ({c:>5}, {n:>4})  {1e3 * t:8.2f}")
-    for ctx, t in dec:
-        print(f"  decode  {ctx:>5}          {1e3 * t:8.2f}")
+    pre_t, dec_t = {p: [] for p in PREFILL}, {ctx: [] for ctx in DECODE}
+    for _ in range(repeats):
+        for c, n in PREFILL:
+            pre_t[c, n].append(time_prefill(m, c, n, 1))
+        for ctx in DECODE:
+            dec_t[ctx].append(time_decode(m, ctx, 1))
+    return ([(c, n, float(np.median(pre_t[c, n]))) for c, n in PREFILL],
+            [(ctx, float(np.median(dec_t[ctx]))) for ctx in DECODE])
 
+
+def fit(pre: list, dec: list) -> tuple[float, dict, float]:
+    """(peak FLOP/s, the scenario's sim: constants, the worst residual) from the measurements;
+    ValueError when a fitted term is not positive (too noisy a host)."""
+    spec = model_spec(str(MODEL))
     X = np.array([[1.0, n, n * (c + n / 2)] for c, n, _ in pre])
     y = np.array([t for _, _, t in pre])
     a, b, d = nonneg_lstsq(X, y)
@@ -128,9 +141,8 @@ def main() -> int:
     print(f"fit: A {1e3 * a:.2f} ms  B {1e6 * b:.2f} us/token  D {1e9 * d:.3f} ns/pair  "
           f"E {1e3 * e:.2f} ms  G {1e9 * g:.1f} ns/ctx token; worst residual {100 * worst:.1f} %")
     if min(b, d, e, g) <= 0:
-        print("a fitted term is not positive: the host is too noisy for this fit; run again with more --repeats")
-        return 1
-
+        raise ValueError("a fitted term is not positive: the host is too noisy for this fit; "
+                         "run again with more --repeats")
     k = SimConstants()
     L = spec.layers
     lin_flops = 2 * spec.linear_params_per_token
@@ -141,8 +153,32 @@ def main() -> int:
               "decode_mfu": pair / g / peak}
     per_token = lin_flops / (peak * fitted["decode_mfu"])  # a sequence's linear layers in a decode step
     fitted["decode_per_seq_s"] = max(0.0, e - per_token - k.decode_step_overhead_s)
-    hw = replace(hardware_spec(str(HARDWARE)), gpu=GpuSpec(peak, peak, 1.0e13, 2.0e9))
-    cost = CostModel(spec, hw, k.with_overrides(fitted), prefill_ep=1, decode_ep=1)
+    return peak, fitted, worst
+
+
+def hardware_with_peak(peak: float, hardware: Path = HARDWARE):
+    return replace(hardware_spec(str(hardware)), gpu=GpuSpec(peak, peak, 1.0e13, 2.0e9))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--block", type=int, default=64)
+    args = ap.parse_args()
+    pre, dec = measure(args.repeats, args.block)
+    print(f"device {'cuda' if torch.cuda.is_available() else 'cpu'}; prefill (cached, new) -> ms; decode ctx -> ms")
+    for c, n, t in pre:
+        print(f"  prefill ({c:>5}, {n:>4})  {1e3 * t:8.2f}")
+    for ctx, t in dec:
+        print(f"  decode  {ctx:>5}          {1e3 * t:8.2f}")
+    try:
+        peak, fitted, _ = fit(pre, dec)
+    except ValueError as exc:
+        print(exc)
+        return 1
+    spec = model_spec(str(MODEL))
+    k = SimConstants()
+    cost = CostModel(spec, hardware_with_peak(peak), k.with_overrides(fitted), prefill_ep=1, decode_ep=1)
     print("\nthe cost model with these numbers at the calibration points (a batch of one):")
     for c, n, t in pre:
         model = (cost.prefill_attention_s(c, n) + cost.prefill_ffn_s(n, 1)) / cost.batch_speed(1) \
