@@ -136,7 +136,7 @@ def test_an_engine_writes_back_while_its_long_read_runs(tmp_path):
         await read
         for ch in part.storage.values():
             ch.close()
-        part.compute.close()
+        part.close()
         return written_while_reading, bool((into == kv).all())
     try:
         written_while_reading, same = asyncio.run(main())

@@ -135,11 +135,15 @@ def test_engine_adapter_runs_on_the_compute_thread_and_batches_decode():
                     o.append(t)
                 for s in slots:
                     s["ctx"] += 1
-            return out, thread.busy_s
+            return out, thread.busy_s, kv, slots[1]["kv"], tc.worker.proc
         finally:
             thread.close()
-    out, busy = asyncio.run(main())
+            tc.close()
+    out, busy, kv_a, kv_b, proc = asyncio.run(main())
     assert out == [ref, ref] and busy > 0
+    # the engine's buffers hold every K/V row the compute process wrote (they are what goes to storage)
+    assert np.array_equal(kv_a, kv_b) and kv_a[:, (len(tokens) + 4) * BPT:].any()
+    assert not proc.is_alive() and proc.exitcode is not None
 
 
 def test_a_whole_hit_read_on_the_de_side_sends_empty_layers_the_de_takes():
@@ -159,7 +163,7 @@ def test_a_whole_hit_read_on_the_de_side_sends_empty_layers_the_de_takes():
             await de.on_frame(None, {"op": "kv_done", "rid": "r", "first": 5}, None)
             return de.buffers["r"].shape, de.ready["r"].is_set(), de.first_tokens["r"]
         finally:
-            de.compute.close()
+            de.close()
     assert asyncio.run(main()) == ((SHAPE.layers, 2 * B * BPT), True, 5)
 
 
@@ -179,10 +183,11 @@ def test_warm_answers_once_the_model_has_run_and_says_why_it_cannot(model, statu
         de = DecodeEngine(cfg)
         try:
             resp = await de.warm(None)
-            return resp.status, json.loads(resp.body), de.torch._model is not None
+            return resp.status, json.loads(resp.body), de.torch.error is None, de.torch.worker.proc
         finally:
-            de.compute.close()
-    got_status, body, loaded = asyncio.run(main())
+            de.close()
+    got_status, body, loaded, proc = asyncio.run(main())
     assert (got_status, body["ok"], loaded) == (status, status == 200, status == 200)
+    assert not proc.is_alive() and proc.exitcode is not None  # the engine's close ends its compute process
     if status == 503:
         assert body["error"].startswith("compute: torch could not start: ValueError: kv_heads:")

@@ -149,6 +149,11 @@ class Part:
     async def health(self, request):
         return web.json_response({"role": self.role, "ok": True, "node": self.node})
 
+    def close(self) -> None:
+        self.compute.close()
+        if self.torch is not None:
+            self.torch.close()
+
     async def warm(self, request):
         """200 once the engine can compute (compute: torch has loaded and run its model once), 503 and why
         if it cannot; the cluster calls it before a run starts."""
@@ -292,6 +297,7 @@ class DecodeEngine(Part):
         self.active.inc()
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
+        slot = None
         try:
             await asyncio.wait_for(self.ready[rid].wait(), WAIT_S)
             kv = self.buffers[rid]
@@ -332,6 +338,8 @@ class DecodeEngine(Part):
             self.buffers.pop(rid, None)
             self.ready.pop(rid, None)
             self.active.dec()
+            if self.torch and slot is not None:
+                self.torch.forget(slot)
         await resp.write_eof()
         return resp
 
@@ -389,4 +397,4 @@ async def run(cfg: dict, role: str, ready=None) -> None:
     host = cfg.get("host", "127.0.0.1")
     data_task, data_port = await serve(eng.kind, host, int(cfg.get("data_port", 0)), eng.route)
     await serve_until_cancelled(eng.app(), host, int(cfg.get("http_port", 0)), data_task, data_port, ready,
-                                on_close=eng.compute.close)
+                                on_close=eng.close)

@@ -188,6 +188,7 @@ class Prefill:
         self.model, self.kv = model, kv
         B = model.s.block
         start = min(start, (len(tokens) - 1) // B * B)  # a whole hit still computes its last block (its logits)
+        self.start = start  # the first position this run computes (and writes K/V for)
         self.chunks = [model._rows(tokens[a:min(a + B, len(tokens))], a) for a in range(start, len(tokens), B)]
         self.first_token: int | None = None
 
