@@ -30,7 +30,7 @@ def check(model: str, block_tokens: int) -> None:
     if importlib.util.find_spec("torch") is None:
         raise ValueError(f"compute: torch needs torch, which is not installed: {INSTALL}")
     from engines.costmodel import model_spec
-    from engines.live.torch_model import shape_for
+    from engines.live.torch_shape import shape_for
     shape_for(model_spec(model), block_tokens)
 
 
