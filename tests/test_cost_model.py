@@ -225,6 +225,17 @@ def test_batch_speed_follows_paper_fig3(ds):
     assert values == sorted(values)
 
 
+@pytest.mark.parametrize("gain", [0.0, 0.5])
+def test_prefill_batch_gain_keeps_that_share_of_the_speed_up(ds, gain):
+    """sim.prefill_batch_gain: 0 computes every request at a batch of one's speed (the live torch PE runs
+    them one by one), 0.5 keeps half of Fig. 3's gain over a batch of one."""
+    other = CostModel(ds.model, ds.hw, ds.k.with_overrides({"prefill_batch_gain": gain}), prefill_ep=16, decode_ep=32)
+    one = ds.batch_speed(1)
+    for n in (1, 2, 5, 20, 100):
+        assert other.batch_speed(n) == pytest.approx(one + gain * (ds.batch_speed(n) - one), rel=1e-12)
+    assert (other.batch_speed(20) == one) == (gain == 0.0)
+
+
 # ----- decode ------------------------------------------------------------------------------------------------
 def test_decode_step_on_the_paper_hardware_at_low_load(ds):
     """Decode EP 32 (4 nodes), a few sequences of ~33K context: the paper's TPOT ~31 ms at low load."""

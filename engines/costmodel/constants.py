@@ -17,7 +17,7 @@ from traces.errors import InputError
 
 # Constants that may be 0 (latencies, overheads, reserves); every other one is a rate, a share or a
 # count the model divides by, and must be > 0.
-MAY_BE_ZERO = frozenset({"read_overhead_s", "copy_submit_s", "prefill_layer_overhead_s", "prefill_step_overhead_s",
+MAY_BE_ZERO = frozenset({"prefill_batch_gain", "read_overhead_s", "copy_submit_s", "prefill_layer_overhead_s", "prefill_step_overhead_s",
                          "prefill_activation_gb", "decode_step_overhead_s", "decode_per_seq_s", "ep_layer_latency_s",
                          "decode_activation_gb"})
 
@@ -39,6 +39,9 @@ class SimConstants:
     prefill_layer_overhead_s: float = 30e-6   # [prior] BLIS t_layer ~30 us
     prefill_step_overhead_s: float = 0.2e-3   # [prior] BLIS t_step 0.1-0.2 ms
     prefill_activation_gb: float = 6.0   # [assumed] HBM a prefill engine keeps for activations
+    prefill_batch_gain: float = 1.0      # [paper] 1.5, Fig. 3: the share of a batch's speed-up over a batch of
+                                         # one that applies (CostModel.batch_speed); 0: every request computes
+                                         # at a batch of one's speed, as the live torch PE runs them one by one
     # ----- decode compute -----
     decode_weight_bw_efficiency: float = 0.8   # [prior] cost-model.md 2.2: HBM eta 0.8
     decode_kv_bw_efficiency: float = 0.5       # [prior] BLIS beta2b ~1.9: KV reads at ~half of peak

@@ -153,8 +153,13 @@ class CostModel:
         """Relative prefill throughput of a batch of this many requests (1.0 at saturation).
 
         reference/paper.md 1.5, Fig. 3 right (30K context + 300 appended tokens): bs 1, 2, 3, 5, 10, 20
-        give 1.0, 1.7, 2.1, 2.6, 2.9, 3.0x the token throughput of bs 1; linear in between."""
-        return _batch_speed(requests)
+        give 1.0, 1.7, 2.1, 2.6, 2.9, 3.0x the token throughput of bs 1; linear in between. Only the share
+        `prefill_batch_gain` of the gain over a batch of one applies (1: all of it; 0: none)."""
+        gain = self.k.prefill_batch_gain
+        if gain == 1.0:
+            return _batch_speed(requests)
+        one = _batch_speed(1.0)
+        return one + gain * (_batch_speed(requests) - one)
 
     def max_chunk(self, cached: int, new: int, budget_s: float) -> int:
         """Largest chunk (<= new tokens) whose attention time fits in budget_s.
