@@ -3,21 +3,25 @@ thread (or on CUDA where torch sees a GPU), so `--set backend=sim` can predict a
 
     .venv/bin/python benchmarks/profile_torch_host.py [--repeats 7] [--block 64]
 
-The calibration points are microbenchmarks of the model alone, never a run's JCT: prefill of one request
-at (cached, new) = (0, 128), (0, 512), (1024, 128), (1024, 512) and a sequence's share of a decode step
-over 4 sequences (each its own KV buffer, as the DE steps its batch) at contexts 256, 1024 and 2048
-(each point's median over --repeats rounds of all the points in turn). Fitted, least squares with
-coefficients >= 0 (a term that would come out negative is dropped):
+The calibration points are microbenchmarks of the engine's compute path alone (the engines' own
+`TorchCompute`: compute thread -> compute process -> the new K/V back into the engine's buffer), never a
+run's JCT: prefill of one request at (cached, new) = (0, 128), (0, 512), (1024, 128), (1024, 512),
+layer by layer as the PE runs it, and decode steps of (sequences x context) = 4 x 256, 4 x 1024,
+4 x 2048, 1 x 256, 1 x 2048, each sequence its own KV buffer as the DE steps its batch (each point's
+median over --repeats rounds of all the points in turn). Fitted, least squares with coefficients >= 0
+(a term that would come out negative is dropped):
 
-    prefill_s = A + B new + D new (cached + new / 2)      decode_s = E + G ctx
+    prefill_s = A + B new + D new (cached + new / 2)      decode_step_s = O + E n + G n ctx
 
-and mapped onto the cost model (engines/costmodel/cost.py) for a batch of one, as the live torch PE
-computes (one request at a time; the simulator charges a batch of one at batch_speed(1) = 1/3):
+and mapped onto the cost model (engines/costmodel/cost.py), prefill for a batch of one, as the live torch
+PE computes (one request at a time; the simulator charges a batch of one at batch_speed(1) = 1/3):
 - B -> peak FLOP/s: 3 x (projection + FFN FLOPs a token) / B / linear_mfu (0.7, the prior);
 - D -> `attention_mfu`: 3 x attention FLOPs a key pair / D / peak;
-- A -> `prefill_layer_overhead_s`: (A - prefill_step_overhead_s) / layers;
+- A -> `prefill_layer_overhead_s`: (A - prefill_step_overhead_s) / layers (a layer's call and its K/V
+  coming back);
 - G -> `decode_mfu`: attention FLOPs per context token / G / peak; E -> `decode_per_seq_s`: E less a
-  sequence's linear layers at that rate and the step overhead (each sequence is its own model call);
+  sequence's linear layers at that rate (each sequence is its own model call); O ->
+  `decode_step_overhead_s` (a step's trip to the compute process and back);
   HBM bandwidth is set high enough that the memory term never binds.
 
 Prints the measurements, the fit's worst residual, the cost model's times at the calibration points with
@@ -27,6 +31,7 @@ scenario's `sim:` constants.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from dataclasses import replace
 import time
@@ -40,60 +45,51 @@ import torch  # noqa: E402
 
 from engines.costmodel import CostModel, SimConstants, hardware_spec, model_spec  # noqa: E402
 from engines.costmodel.profiles import GpuSpec  # noqa: E402
-from engines.live.torch_model import TinyDecoder, shape_for  # noqa: E402
+from engines.live.compute import ComputeThread  # noqa: E402
+from engines.live.torch_compute import TorchCompute  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "scenarios" / "live" / "torch-tiny.model.yaml"
 HARDWARE = MODEL.with_name("torch-host.hardware.yaml")
 PREFILL = [(0, 128), (0, 512), (1024, 128), (1024, 512)]
-DECODE = [256, 1024, 2048]
-DECODE_BATCH = 4
+DECODE = [(4, 256), (4, 1024), (4, 2048), (1, 256), (1, 2048)]  # (sequences in the step, context)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def time_prefill(m: TinyDecoder, cached: int, new: int, repeats: int) -> float:
+async def time_prefill(tc: TorchCompute, layers: int, cached: int, new: int) -> float:
+    """One prefill through the engine's compute path (compute thread -> compute process -> the layer's
+    new K/V back into the engine's buffer), layer by layer as the PE runs it."""
     rng = np.random.default_rng(cached + new)
     tokens = rng.integers(1000, 30000, cached + new).tolist()
-    kv = np.zeros((m.s.layers, (cached + new) * m.s.bytes_per_token_layer), np.uint8)
+    kv = np.zeros((layers, (cached + new) * tc.bpt), np.uint8)
     if cached:
-        run = m.prefill(tokens[:cached], kv, 0)
-        for i in range(m.s.layers):
-            run.layer(i)
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        run = m.prefill(tokens, kv, cached)
-        for i in range(m.s.layers):
-            run.layer(i)
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        run = tc.prefill(tokens[:cached], kv, 0)
+        for i in range(layers):
+            await run.layer(i)
+    t0 = time.perf_counter()
+    run = tc.prefill(tokens, kv, cached)
+    for i in range(layers):
+        await run.layer(i)
+    return time.perf_counter() - t0
 
 
-def time_decode(m: TinyDecoder, ctx: int, repeats: int) -> float:
-    """One sequence's share of a decode step over DECODE_BATCH sequences at context `ctx`, each in its own
-    KV buffer, as the live DE steps its batch (engines/live/torch_compute.py `step`): a lone sequence
-    decoded again and again keeps its KV in the CPU cache, which a batch does not (1.3-1.5x slower)."""
+async def time_decode(tc: TorchCompute, layers: int, ctx: int, batch: int) -> float:
+    """One decode step over `batch` sequences at context `ctx`, each its own KV buffer, through the
+    engine's compute path as the DE steps its batch (the step that hands the buffers over is not timed)."""
     tokens = np.random.default_rng(ctx).integers(1000, 30000, ctx).tolist()
-    kvs = []
-    for _ in range(DECODE_BATCH):
-        kv = np.zeros((m.s.layers, (ctx + 1) * m.s.bytes_per_token_layer), np.uint8)
-        run = m.prefill(tokens, kv, 0)
-        for i in range(m.s.layers):
-            run.layer(i)
-        kvs.append(kv)
+    slots = []
+    for _ in range(batch):
+        kv = np.zeros((layers, ctx * tc.bpt), np.uint8)
+        run = tc.prefill(tokens, kv, 0)
+        for i in range(layers):
+            await run.layer(i)
+        slots.append({"last": run.first_token, "ctx": ctx, "kv": tc.grow(kv, ctx + 1), "left": 1 << 30})
+    await tc.step(slots)
     times = []
-    for _ in range(max(repeats, 5)):
-        _sync()
+    for _ in range(5):
         t0 = time.perf_counter()
-        for kv in kvs:
-            m.decode(tokens[-1], ctx, kv)
-        _sync()
-        times.append((time.perf_counter() - t0) / DECODE_BATCH)
+        await tc.step(slots)
+        times.append(time.perf_counter() - t0)
+    for s in slots:
+        tc.forget(s)
     return float(np.median(times))
 
 
@@ -110,21 +106,33 @@ def nonneg_lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def measure(repeats: int, block: int) -> tuple[list, list]:
-    """The calibration points on this host now: [(cached, new, s)], [(ctx, s)]. The points in turn,
+    """The calibration points on this host now: [(cached, new, s)], [(batch, ctx, s)]. The points in turn,
     `repeats` rounds (a slow spell of this shared host spreads over every point instead of bending the
     fit), each point's median over its rounds."""
-    torch.set_num_threads(1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    m = TinyDecoder(shape_for(model_spec(str(MODEL)), block), device=device)
-    time_prefill(m, 0, 64, 2)  # warm-up
-    pre_t, dec_t = {p: [] for p in PREFILL}, {ctx: [] for ctx in DECODE}
-    for _ in range(repeats):
-        for c, n in PREFILL:
-            pre_t[c, n].append(time_prefill(m, c, n, 1))
-        for ctx in DECODE:
-            dec_t[ctx].append(time_decode(m, ctx, 1))
+    spec = model_spec(str(MODEL))
+    layers = spec.layers
+
+    async def run():
+        thread = ComputeThread(1.0)
+        tc = TorchCompute({"model": str(MODEL), "block_tokens": block,
+                           "bytes_per_token_layer": spec.kv_bytes_per_token_layer}, thread)
+        try:
+            await asyncio.wrap_future(tc.loaded)
+            if tc.error:
+                raise RuntimeError(tc.error)
+            pre_t, dec_t = {p: [] for p in PREFILL}, {p: [] for p in DECODE}
+            for _ in range(repeats):
+                for c, n in PREFILL:
+                    pre_t[c, n].append(await time_prefill(tc, layers, c, n))
+                for b, ctx in DECODE:
+                    dec_t[b, ctx].append(await time_decode(tc, layers, ctx, b))
+            return pre_t, dec_t
+        finally:
+            thread.close()
+            tc.close()
+    pre_t, dec_t = asyncio.run(run())
     return ([(c, n, float(np.median(pre_t[c, n]))) for c, n in PREFILL],
-            [(ctx, float(np.median(dec_t[ctx]))) for ctx in DECODE])
+            [(b, ctx, float(np.median(dec_t[b, ctx]))) for b, ctx in DECODE])
 
 
 def fit(pre: list, dec: list) -> tuple[float, dict, float]:
@@ -134,12 +142,12 @@ def fit(pre: list, dec: list) -> tuple[float, dict, float]:
     X = np.array([[1.0, n, n * (c + n / 2)] for c, n, _ in pre])
     y = np.array([t for _, _, t in pre])
     a, b, d = nonneg_lstsq(X, y)
-    Xd = np.array([[1.0, ctx] for ctx, _ in dec])
-    yd = np.array([t for _, t in dec])
-    e, g = nonneg_lstsq(Xd, yd)
-    worst = max(np.max(np.abs(X @ [a, b, d] / y - 1)), np.max(np.abs(Xd @ [e, g] / yd - 1)))
+    Xd = np.array([[1.0, n, n * ctx] for n, ctx, _ in dec])
+    yd = np.array([t for *_, t in dec])
+    o, e, g = nonneg_lstsq(Xd, yd)
+    worst = max(np.max(np.abs(X @ [a, b, d] / y - 1)), np.max(np.abs(Xd @ [o, e, g] / yd - 1)))
     print(f"fit: A {1e3 * a:.2f} ms  B {1e6 * b:.2f} us/token  D {1e9 * d:.3f} ns/pair  "
-          f"E {1e3 * e:.2f} ms  G {1e9 * g:.1f} ns/ctx token; worst residual {100 * worst:.1f} %")
+          f"O {1e3 * o:.2f} ms  E {1e3 * e:.2f} ms  G {1e9 * g:.1f} ns/ctx token; worst residual {100 * worst:.1f} %")
     if min(b, d, e, g) <= 0:
         raise ValueError("a fitted term is not positive: the host is too noisy for this fit; "
                          "run again with more --repeats")
@@ -152,7 +160,8 @@ def fit(pre: list, dec: list) -> tuple[float, dict, float]:
               "prefill_layer_overhead_s": max(0.0, (a - k.prefill_step_overhead_s) / L),
               "decode_mfu": pair / g / peak}
     per_token = lin_flops / (peak * fitted["decode_mfu"])  # a sequence's linear layers in a decode step
-    fitted["decode_per_seq_s"] = max(0.0, e - per_token - k.decode_step_overhead_s)
+    fitted["decode_per_seq_s"] = max(0.0, e - per_token)
+    fitted["decode_step_overhead_s"] = o
     return peak, fitted, worst
 
 
@@ -166,11 +175,12 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=64)
     args = ap.parse_args()
     pre, dec = measure(args.repeats, args.block)
-    print(f"device {'cuda' if torch.cuda.is_available() else 'cpu'}; prefill (cached, new) -> ms; decode ctx -> ms")
+    print(f"device {'cuda' if torch.cuda.is_available() else 'cpu'}; prefill (cached, new) -> ms; "
+          "decode step (sequences x context) -> ms")
     for c, n, t in pre:
         print(f"  prefill ({c:>5}, {n:>4})  {1e3 * t:8.2f}")
-    for ctx, t in dec:
-        print(f"  decode  {ctx:>5}          {1e3 * t:8.2f}")
+    for n, ctx, t in dec:
+        print(f"  decode  {n} x {ctx:>5}      {1e3 * t:8.2f}")
     try:
         peak, fitted, _ = fit(pre, dec)
     except ValueError as exc:
@@ -184,9 +194,9 @@ def main() -> int:
         model = (cost.prefill_attention_s(c, n) + cost.prefill_ffn_s(n, 1)) / cost.batch_speed(1) \
             + cost.prefill_step_overhead_s
         print(f"  prefill ({c:>5}, {n:>4})  measured {1e3 * t:8.2f} ms  model {1e3 * model:8.2f} ms")
-    for ctx, t in dec:
-        model = cost.decode_step_s(1, ctx, ctx)
-        print(f"  decode  {ctx:>5}          measured {1e3 * t:8.2f} ms  model {1e3 * model:8.2f} ms")
+    for n, ctx, t in dec:
+        model = cost.decode_step_s(n, n * ctx, n * ctx)
+        print(f"  decode  {n} x {ctx:>5}      measured {1e3 * t:8.2f} ms  model {1e3 * model:8.2f} ms")
     print("\n# hardware profile (gpu part)")
     print(f"gpu:\n  peak_flops_bf16: {peak:.3g}\n  peak_flops_fp8: {peak:.3g}\n  hbm_bw_bytes_s: 1.0e13\n  hbm_bytes: 2.0e9")
     print("# the scenario's sim: constants")

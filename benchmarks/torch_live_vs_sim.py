@@ -65,8 +65,8 @@ def profile_overrides(scenario: Path, tmp: Path, pre: list, dec: list) -> list[s
 
 def drift(before: tuple[list, list], after: tuple[list, list]) -> float:
     """after / before, the median over the profile's points (1.0: the host did not move)."""
-    b = [t for *_, t in before[0]] + [t for _, t in before[1]]
-    a = [t for *_, t in after[0]] + [t for _, t in after[1]]
+    b = [t for *_, t in before[0]] + [t for *_, t in before[1]]
+    a = [t for *_, t in after[0]] + [t for *_, t in after[1]]
     return float(np.median(np.array(a) / np.array(b)))
 
 
