@@ -172,7 +172,8 @@ def run_systems(args, scenario: dict, backend, make_run_dir) -> int:
             frames = writer.frames()
             facts.update(attribute(scenario, frames["requests"], frames["agents"], frames["links"],
                                    frames["engines"], system))
-            summary = writer.end_system(facts, complete=complete)
+            summary = writer.end_system(facts, complete=complete, frames=frames)
+            del frames
             for warning in summary.get("warnings", []) + list(driver.get("warnings") or []):
                 print(f"{system}: warning: {warning}", file=sys.stderr)
             failure = run_failure(system, summary, rounds, scenario)
