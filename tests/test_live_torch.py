@@ -191,3 +191,31 @@ def test_warm_answers_once_the_model_has_run_and_says_why_it_cannot(model, statu
     assert not proc.is_alive() and proc.exitcode is not None  # the engine's close ends its compute process
     if status == 503:
         assert body["error"].startswith("compute: torch could not start: ValueError: kv_heads:")
+
+
+def test_the_compute_process_ends_when_its_engine_dies_without_closing_it():
+    """An engine killed outright (no close) leaves no compute process behind: the worker sees its pipe's
+    end and returns."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from engines.live.compute_worker import Worker\n"
+            "w = Worker()\n"
+            "print(w.proc.pid, flush=True)\n"
+            "os._exit(9)\n")  # no close(), no atexit: as SIGKILL leaves it
+    helper = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert helper.returncode == 9, helper.stderr
+    pid = int(helper.stdout.split()[0])
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ready, _, _ = select.select([fd], [], [], 30)  # readable when the process has exited
+    finally:
+        os.close(fd)
+    assert ready, f"compute process {pid} outlived its engine"
