@@ -12,7 +12,7 @@ profile fitted once and kept in a file predicts a live run of another hour poorl
 3. measures the profile's points again and prints how far the host moved meanwhile (the median ratio of
    after / before over the points), so a miss can be told from a drift.
 Prints per system the live makespans' median (min-max), the prediction and the error, and a SUMMARY
-line; exit 1 when a run fails.
+line; exit 1 when a run fails, 2 on bad arguments.
 """
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="live runs per scenario (their median is compared)")
     ap.add_argument("--repeats", type=int, default=9, help="rounds of the profile's microbenchmarks")
     args = ap.parse_args()
+    for scenario in args.scenarios:
+        if not scenario.is_file():
+            print(f"{scenario}: no such scenario file", file=sys.stderr)
+            return 2
+    if args.runs < 1 or args.repeats < 1:
+        print("--runs and --repeats: at least 1", file=sys.stderr)
+        return 2
     rows, worst = [], 0.0
     with tempfile.TemporaryDirectory(prefix="torch-live-vs-sim-") as d:
         tmp = Path(d)
