@@ -144,7 +144,7 @@ class Cluster:
     def _spawn(self, name: str, role: str, cfg: dict) -> dict:
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "engine", "--role", role, "--config", str(path)],
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli_live", "--role", role, "--config", str(path)],
                                 stdout=subprocess.PIPE, stderr=open(self.tmp / f"{name}.log", "w"), text=True,
                                 preexec_fn=_die_with_parent)
         self.procs.append((name, proc))

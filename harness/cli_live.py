@@ -137,3 +137,21 @@ def _wait(cluster) -> None:
             print(f"dualpath serve: {', '.join(fatal)} gone; stopping the cluster", file=sys.stderr)
             raise SystemExit(1)
         time.sleep(0.5)
+
+
+def main(argv=None) -> int:
+    """`python -m harness.cli_live --role R --config FILE`: what `dualpath engine` runs, without building
+    the whole CLI (its imports, pandas and pyarrow among them, cost each part of a cluster a second)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="dualpath engine")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--config", required=True)
+    try:
+        return cmd_engine(p.parse_args(argv))
+    except InputError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
