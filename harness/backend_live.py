@@ -192,8 +192,8 @@ class Cluster:
                              if name != "router"}
 
     def _wait_warm(self, names: list[str]) -> None:
-        """Every engine's `GET /warm`: returns once each can compute (compute: torch loads its model on the
-        engines' compute threads in parallel with the other parts' start-up), so the run measures serving,
+        """Every engine's `GET /warm`: returns once each can compute (compute: torch loads its model in each
+        engine's compute process in parallel with the other parts' start-up), so the run measures serving,
         not start-up; RuntimeError naming the engine and why when one cannot."""
         deadline = time.monotonic() + START_TIMEOUT_S
         for name in names:

@@ -457,7 +457,8 @@ class ResultsWriter:
             self._pending[name].append(table)
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The open system's records so far, as DataFrames."""
+        """The open system's records so far, as DataFrames for its summary: strings as `string[pyarrow]`,
+        without the UNSUMMARISED columns (the Parquet files keep every column)."""
         out = {}
         for name, tables in self._pending.items():
             schema = pa.unify_schemas([contract_schema(name)] + [t.schema for t in tables],
