@@ -788,3 +788,36 @@ def test_hit_granularity_rounds_every_hit_down_to_whole_blocks(trace, expected, 
     assert (exact.cached_tokens == ctx).all() and (got.cached_tokens < exact.cached_tokens).any()
     assert (got.prompt_tokens == exact.prompt_tokens).all()
     assert got.read_bytes.sum() < exact.read_bytes.sum()
+
+
+# ----- garbage collection during a run -----------------------------------------------------------------------
+class ThresholdSink(MemorySink):
+    """Notes the collector's thresholds whenever the simulation hands it records; can fail on the first."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.seen, self.fail = set(), fail
+
+    def _add(self, kind, batch):
+        import gc
+        self.seen.add(gc.get_threshold())
+        if self.fail:
+            raise RuntimeError("sink failed")
+        super()._add(kind, batch)
+
+
+def test_a_run_collects_rarely_and_gives_the_thresholds_back(trace):
+    """While it runs the simulation collects garbage at RUN_THRESHOLDS (full collections of its large heap
+    cost a fifth of a big run); afterwards, and after a failure, the process has its own thresholds again."""
+    import gc
+
+    from engines.sim.run import RUN_THRESHOLDS
+    before = gc.get_threshold()
+    assert before != RUN_THRESHOLDS
+    sink = ThresholdSink()
+    simulate(trace, "dualpath", model=DS, hardware=HW, cluster=CLUSTER, sink=sink)
+    assert sink.seen == {RUN_THRESHOLDS}
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError, match="sink failed"):
+        simulate(trace, "basic", model=DS, hardware=HW, cluster=CLUSTER, sink=ThresholdSink(fail=True))
+    assert gc.get_threshold() == before
