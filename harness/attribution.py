@@ -40,7 +40,12 @@ WHAT = {"snic_pe": "the prefill-side storage NICs (snic_pe)", "snic_de": "the de
 
 
 def capacities(scenario: Mapping) -> dict[str, float]:
-    """Usable bytes/s of one link of each class, from the resolved hardware profile and sim constants."""
+    """Usable bytes/s of one link of each class, from the resolved hardware profile and sim constants (a
+    live cluster: the rates its pacers ran at, `live.snic_gbps` / `live.cnic_gbps` where set)."""
+    if scenario.get("backend") == "live":
+        from harness.backend_live import _cost
+        cost = _cost(dict(scenario))
+        return {"snic": cost.snic_rate, "cnic": cost.cnic_rate, "dram": cost.hw.dram_bw_bytes_s}
     hw = hardware_spec(scenario["hardware"])
     const = SimConstants().with_overrides(scenario.get("sim"))
     return {"snic": hw.snic_bytes_s * const.snic_efficiency, "cnic": hw.cnic_bytes_s * const.cnic_efficiency,
@@ -72,6 +77,18 @@ def busy_phase(requests: pd.DataFrame, agents: pd.DataFrame) -> tuple[float, flo
     below = np.nonzero(running[peak_i:] < peak / 2)[0]
     end = float(times[peak_i + below[0]]) if len(below) else float(times[-1])
     return t0, max(end, t0)
+
+
+def live_links_as_simulated(links: pd.DataFrame, prefill_nodes: int) -> pd.DataFrame:
+    """A live cluster's links rows with the simulator's node names (node i -> p i for the first
+    `prefill_nodes`, else d i-P); the storage service's own rows (its side of each node's SNIC) left out."""
+    if links is None or not len(links):
+        return links
+    node = links["node"].astype(str)
+    keep = node.str.fullmatch(r"node\d+")
+    index = node[keep].str[4:].astype(int)
+    names = np.where(index < prefill_nodes, "p" + index.astype(str), "d" + (index - prefill_nodes).astype(str))
+    return links[keep].assign(node=names)
 
 
 def link_shares(links: pd.DataFrame, caps: Mapping[str, float], start: float, end: float) -> dict[str, float]:
@@ -148,22 +165,25 @@ def waits(requests: pd.DataFrame) -> dict[str, float]:
 def attribute(scenario: Mapping, requests: pd.DataFrame, agents: pd.DataFrame, links: pd.DataFrame,
               engines: pd.DataFrame, system: str | None = None) -> dict:
     """`utilisation`, `utilisation_whole_run` and `bottleneck` of one system's records."""
-    if scenario.get("backend", "sim") != "sim":
+    backend = scenario.get("backend", "sim")
+    if backend not in ("sim", "live"):
         return attribute_served(requests, agents, links, engines)
+    if backend == "live":  # our own cluster: its links' rates and its engines' steps are known
+        links = live_links_as_simulated(links, int(scenario["cluster"]["prefill_nodes"]))
     start, end = busy_phase(requests, agents)
     t_last = max([float(pd.to_numeric(d[c]).max()) for d, c in ((requests, "t_done"), (links, "t_end"))
                   if d is not None and len(d)] or [end])
     wait = waits(requests)
     windows = {"busy": (start, end), "whole": (start, max(t_last, end))}
     occ = {"shares": {w: {} for w in windows}, "waits": {}}
-    sim = scenario.get("backend", "sim") == "sim"
+    sim = backend == "sim"
     if system and sim and requests is not None and len(requests):
         from harness.occupancy import occupancy
         occ = occupancy(scenario, requests, system, windows)
 
     def shares(window: str) -> dict:
         a, b = windows[window]
-        s = {**(link_shares(links, capacities(scenario), a, b) if sim else {}),
+        s = {**link_shares(links, capacities(scenario), a, b),
              **compute_shares(engines, a, b), **occ["shares"][window]}
         return {k: round(min(s[k], 9.99), 4) for k in RATE_RESOURCES + CAPACITY_RESOURCES if k in s}
     busy, whole = shares("busy"), shares("whole")

@@ -38,6 +38,7 @@ import yaml
 
 from engines.live.transport import TRANSPORTS
 from harness.driver import ABORT_DEFAULTS, Driver, DriverConfig
+from harness import live_engines
 from harness.live_links import LinkSampler
 from traces.errors import InputError
 from traces.schema import Trace
@@ -303,6 +304,12 @@ async def _run(cluster: Cluster, scenario: dict, trace: Trace, system: str, star
         join.flush(breakdowns)
         if rows["system"]:
             sink.links(rows)
+        engine_urls = {name: f"http://127.0.0.1:{p['http_port']}" for name, p in cluster.ports.items()
+                       if name.startswith(("pe", "de"))}
+        steps = live_engines.rows(system, await live_engines.fetch(engine_urls), driver.t0_ns * 1e-9, t_end,
+                                  float(scenario["telemetry"]["window_s"]))
+        if steps["system"]:
+            sink.engines(steps)
     if crashed:
         facts["driver"]["crashed"] = crashed
         if not facts["driver"].get("aborted") and facts["driver"].get("requests_failed"):

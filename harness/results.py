@@ -56,7 +56,8 @@ OMITTABLE = {
 for _omittable in OMITTABLE.values():
     _omittable.add("repeat")  # the writer fills it in
 NULLABLE = {"requests": {"cached_tokens", "pe", "de", "error", "itl_s", "server_prompt_tokens", "tokens_from",
-                         "http_status", "max_tokens", "output_digest"}, "agents": set(), "links": set(), "engines": {"group"}}
+                         "http_status", "max_tokens", "output_digest"}, "agents": set(), "links": set(),
+            "engines": {"group", "queued_tokens", "read_queue_tokens"}}  # null: not measured (a live PE's queue)
 ALLOWED_VALUES = {
     ("requests", "status"): contract.STATUSES, ("requests", "read_side"): contract.READ_SIDES,
     ("agents", "status"): contract.STATUSES, ("links", "direction"): contract.DIRECTIONS,

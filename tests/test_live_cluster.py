@@ -89,6 +89,18 @@ def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
             assert per_side["node1"] == de_bytes
             de_read = (rows.read_side == "de")
             assert de_read.any() and (rows.read_side == "pe").any()
+    # the engines' compute steps, as the simulator writes them: a row per PE step, a DE sampled per window
+    eng = pd.read_parquet(out / "engines.parquet")
+    for system, rows in eng.groupby("system"):
+        jct = summary["systems"][system]["makespan_jct_s"]
+        pe, de = rows[rows.role == "prefill"], rows[rows.role == "decode"]
+        assert set(pe.engine) == {"pe0"} and set(de.engine) == {"de0"}
+        assert (pe.step_s > 0).all() and (pe.t >= 0).all() and (pe.t <= jct).all() and (pe.batch_requests >= 1).all()
+        assert ((de.t % 1.0).abs() < 1e-9).all() and len(de) == int(jct // 1.0) + 1
+        assert ((de.batch_requests > 0) == (de.step_s > 0)).all()  # (3 samples may all find it idle)
+        # the live cluster's run gets the simulator's answer, not the scraped server's "not attributable"
+        verdict = summary["systems"][system]["bottleneck"]["verdict"]
+        assert verdict.startswith("limited by"), verdict
 
 
 def test_modeled_prefill_alone_runs_at_the_batch_of_one_efficiency(tmp_path):
@@ -107,6 +119,11 @@ def test_modeled_prefill_alone_runs_at_the_batch_of_one_efficiency(tmp_path):
     req = pd.read_parquet(tmp_path / "out" / "requests.parquet")
     cost = cost_model(s["model"], s["hardware"], s["sim"])
     assert cost.batch_speed(1) < 0.5 and len(req) >= 3
+    # the PE's step rows: one request each, every new token computed once (a whole hit computes its last)
+    steps = pd.read_parquet(tmp_path / "out" / "engines.parquet")
+    steps = steps[steps.role == "prefill"]
+    assert (steps.batch_requests == 1).all()
+    assert steps.batch_tokens.sum() == (req.prompt_tokens - req.cached_tokens).clip(lower=1).sum()
     for row in req.itertuples():
         new = row.prompt_tokens - row.cached_tokens
         saturated = cost.prefill_attention_s(row.cached_tokens, new) + cost.prefill_ffn_s(new, 1)

@@ -11,9 +11,11 @@ as each layer ends (its KV of that layer is then complete and may stream to the 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from engines.costmodel.cost import CostModel
 from engines.live.compute import ComputeThread
+from engines.live.steps import StepLog
 from engines.policy import pack_chunked, pack_whole
 
 
@@ -30,8 +32,10 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, cost: CostModel, compute: ComputeThread, layers: int, *, quota_s: float):
+    def __init__(self, cost: CostModel, compute: ComputeThread, layers: int, *, quota_s: float,
+                 log: StepLog | None = None):
         self.cost = cost
+        self.log = log
         self.compute = compute
         self.layers = layers
         self.quota_s = quota_s
@@ -88,10 +92,13 @@ class Batcher:
                         self.ready.remove(job)
                 self.steps += 1
                 self.batched += len(batch)
+                t0, spent = time.perf_counter(), 0.0
                 for layer in range(self.layers):
-                    await self.compute.run(layer_s)
+                    spent += await self.compute.run(layer_s)
                     for job in last:
                         job.layers.put_nowait(layer)
+                if self.log is not None:  # the step's modeled seconds (its wall time carries the thread's lag)
+                    self.log.add(t0, len(batch), sum(n for _, n, _ in batch), t1=t0 + spent)
         except Exception as exc:  # the compute thread failed: every waiting request fails with it
             for job in self.ready + last:
                 job.layers.put_nowait(exc)

@@ -29,6 +29,7 @@ from engines.live.batcher import Batcher, Job
 from engines.live.compute import ComputeThread, cost_model, torch_compute
 from engines.live.pacer import Pacer
 from engines.live.serving import serve_until_cancelled
+from engines.live.steps import StepLog
 from engines.live.store import chain_keys
 from engines.live.transport import ChannelClosed, connect, serve
 
@@ -58,6 +59,7 @@ class Part:
         self.link_bytes = Counter("dualpath_link_bytes", "bytes moved per link, direction and traffic class",
                                   ["device", "direction", "traffic"], registry=self.registry)
         self.active = Gauge("dualpath_engine_requests", "requests held by the engine", registry=self.registry)
+        self.steps = StepLog()  # every compute step, for the results' engines table (GET /steps)
         # channels to the storage service, one for reads and one for writes: a node's SNIC is full duplex
         # (reads are rx, write-backs tx), so a DE's write-back never waits behind a long read (or the reverse)
         self.storage: dict[str, object] = {}
@@ -163,6 +165,11 @@ class Part:
                 return web.json_response({"role": self.role, "ok": False, "error": self.torch.error}, status=503)
         return web.json_response({"role": self.role, "ok": True})
 
+    async def step_rows(self, request):
+        """Every compute step so far (engines/live/steps.py), as columns."""
+        return web.json_response(self.steps.answer("prefill" if self.role == "pe" else "decode",
+                                                   f"{self.role}{int(self.cfg['index'])}"))
+
     async def metrics(self, request):
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -170,6 +177,7 @@ class Part:
         app = web.Application(client_max_size=1 << 28)
         app.router.add_get("/health", self.health)
         app.router.add_get("/warm", self.warm)
+        app.router.add_get("/steps", self.step_rows)
         app.router.add_get("/metrics", self.metrics)
         return app
 
@@ -179,7 +187,8 @@ class PrefillEngine(Part):
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        self.batcher = Batcher(self.cost, self.compute, self.layers, quota_s=self.cost.k.compute_quota_s)
+        self.batcher = Batcher(self.cost, self.compute, self.layers, quota_s=self.cost.k.compute_quota_s,
+                               log=self.steps)
 
     async def peer(self, de: dict):
         key = (de["host"], int(de["data_port"]))
@@ -209,7 +218,7 @@ class PrefillEngine(Part):
             t1 = time.perf_counter()
             first = 0 if side != "de" else hit * self.bpt       # DE read path: only the miss KV goes to the DE
             sends = []
-            run = self.torch.prefill(body["tokens"], kv, hit) if self.torch else None  # compute: torch
+            run = self.torch.prefill(body["tokens"], kv, hit, log=self.steps) if self.torch else None  # torch
             job = None
             if not run:  # modeled: a step of the PE's batch (engines/live/batcher.py) computes it
                 job = Job(hit, prompt - hit)
@@ -348,12 +357,15 @@ class DecodeEngine(Part):
         c = self.cost
         while self.batch:
             batch = list(self.batch)  # the requests of this step (one that joins mid-step waits for the next)
+            ctx = sum(s["ctx"] for s in batch)
+            t0 = time.perf_counter()
             if self.torch:  # compute: torch
                 tokens = await self.torch.step(batch)
+                self.steps.add(t0, len(batch), len(batch), ctx)
             else:
-                ctx = sum(s["ctx"] for s in batch)
                 topk = sum(c.min_ctx_topk(s["ctx"]) for s in batch)
-                await self.compute.run(c.decode_step_s(len(batch), ctx, topk))
+                spent = await self.compute.run(c.decode_step_s(len(batch), ctx, topk))
+                self.steps.add(t0, len(batch), len(batch), ctx, t1=t0 + spent)
                 tokens = [GEN_ID_LO + (s["ctx"] * 7919) % 10_000 for s in batch]
             for s, tok in zip(batch, tokens):
                 s["q"].put_nowait(tok)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import time
 
 import numpy as np
 
@@ -35,14 +36,18 @@ def check(model: str, block_tokens: int) -> None:
 
 
 class PrefillRun:
-    def __init__(self, owner: "TorchCompute", tokens, kv: np.ndarray, start: int):
-        self.owner, self.kv, self.first_token = owner, kv, None
+    def __init__(self, owner: "TorchCompute", tokens, kv: np.ndarray, start: int, log=None):
+        self.owner, self.kv, self.first_token, self.log = owner, kv, None, log
         self.key = next(owner.keys)
         self.init = (list(tokens), kv, start)
+        self.new = len(self.init[0]) - start
 
     def _layer(self, i: int) -> None:  # on the compute thread: the worker computes, the engine's buffer gets it
         init, self.init = self.init, None
+        t0 = time.perf_counter()
         frm, data, first = self.owner.worker.call("layer", self.key, i, init)
+        if self.log is not None:  # a step: this layer of this request (its wait for the thread left out)
+            self.log.add(t0, 1, self.new)
         bpt = self.owner.bpt
         self.kv[i, frm * bpt:frm * bpt + data.shape[0]] = data
         if first is not None:
@@ -74,10 +79,11 @@ class TorchCompute:
         except Exception as exc:  # every request then fails with this, not with a NoneType error
             self.error = f"compute: torch could not start: {exc}"
 
-    def prefill(self, tokens, kv: np.ndarray, start: int) -> PrefillRun:
+    def prefill(self, tokens, kv: np.ndarray, start: int, log=None) -> PrefillRun:
+        """`log`: a StepLog (engines/live/steps.py) that gets a row per layer computed."""
         if self.error:
             raise RuntimeError(self.error)
-        return PrefillRun(self, tokens, kv, start)
+        return PrefillRun(self, tokens, kv, start, log)
 
     def grow(self, kv: np.ndarray, tokens: int) -> np.ndarray:
         if kv.shape[1] >= tokens * self.bpt:
