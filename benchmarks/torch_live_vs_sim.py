@@ -11,8 +11,9 @@ profile fitted once and kept in a file predicts a live run of another hour poorl
 2. runs the scenario live `--runs` times and once with `backend: sim`, both with that profile;
 3. measures the profile's points again and prints how far the host moved meanwhile (the median ratio of
    after / before over the points), so a miss can be told from a drift.
-Prints per system the live makespans' median (min-max), the prediction and the error, and a SUMMARY
-line; exit 1 when a run fails, 2 on bad arguments.
+Prints per system the live makespans' median (min-max), the prediction and the error, the busy shares
+of prefill and decode compute live (from the engines' step logs) and simulated, and a SUMMARY line;
+exit 1 when a run fails, 2 on bad arguments.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ LIVE = ROOT / "scenarios" / "live"
 DEFAULT = [LIVE / "torch-io-bound-1p1d.yaml", LIVE / "torch-compute-bound-1p1d.yaml"]
 
 
-def run(scenario: Path, out: Path, overrides: list[str]) -> dict[str, float]:
-    """One `dualpath run`; makespan JCT per system."""
+def run(scenario: Path, out: Path, overrides: list[str]) -> dict[str, tuple[float, float, float]]:
+    """One `dualpath run`; per system the makespan JCT and the busy shares of prefill and decode compute
+    (the attribution's `pe_compute`, `de_compute`: live, from the engines' own step logs)."""
     cmd = [sys.executable, "-m", "harness.cli", "run", str(scenario), "-o", str(out)]
     for o in overrides:
         cmd += ["--set", o]
@@ -46,7 +48,8 @@ def run(scenario: Path, out: Path, overrides: list[str]) -> dict[str, float]:
         raise RuntimeError(f"{scenario.name}: `{' '.join(cmd[2:])}` exit {p.returncode}: "
                            f"{(p.stderr.strip().splitlines() or ['no output'])[-1]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {name: float(s["makespan_jct_s"]) for name, s in summary["systems"].items()}
+    return {name: (float(s["makespan_jct_s"]), float(s["utilisation"].get("pe_compute", np.nan)),
+                   float(s["utilisation"].get("de_compute", np.nan))) for name, s in summary["systems"].items()}
 
 
 def profile_overrides(scenario: Path, tmp: Path, pre: list, dec: list) -> list[str]:
@@ -93,24 +96,29 @@ def main() -> int:
             except ValueError as exc:
                 print(f"{scenario.name}: {exc}")
                 return 1
-            live: dict[str, list[float]] = {}
+            live: dict[str, list[tuple]] = {}
             try:
                 for i in range(args.runs):
-                    for name, jct in run(scenario, tmp / f"{scenario.stem}-live{i}", sets).items():
-                        live.setdefault(name, []).append(jct)
+                    for name, got in run(scenario, tmp / f"{scenario.stem}-live{i}", sets).items():
+                        live.setdefault(name, []).append(got)
                 sim = run(scenario, tmp / f"{scenario.stem}-sim", sets + ["backend=sim"])
             except RuntimeError as exc:
                 print(exc)
                 return 1
             moved = drift(before, prof.measure(args.repeats, 64))
-            for name, jcts in live.items():
+            for name, got in live.items():
+                jcts = [g[0] for g in got]
                 med = float(np.median(jcts))
-                err = sim[name] / med - 1
+                err = sim[name][0] / med - 1
                 worst = max(worst, abs(err))
-                rows.append((scenario.stem, name, med, min(jcts), max(jcts), sim[name], err, moved))
-    print(f"\n{'scenario':<28} {'system':<9} {'live s (min-max)':>22} {'sim s':>7} {'sim vs live':>11} {'host moved':>10}")
-    for sc, name, med, lo, hi, s, err, moved in rows:
-        print(f"{sc:<28} {name:<9} {med:>8.3f} ({lo:.2f}-{hi:.2f}) {s:>7.3f} {100 * err:>+10.1f}% {moved:>9.2f}x")
+                busy = [float(np.median([g[k] for g in got])) for k in (1, 2)]
+                rows.append((scenario.stem, name, med, min(jcts), max(jcts), sim[name][0], err, moved,
+                             busy, sim[name][1:]))
+    print(f"\n{'scenario':<28} {'system':<9} {'live s (min-max)':>22} {'sim s':>7} {'sim vs live':>11} {'host moved':>10}"
+          f" {'pe busy live/sim':>17} {'de busy live/sim':>17}")
+    for sc, name, med, lo, hi, s, err, moved, busy, sim_busy in rows:
+        print(f"{sc:<28} {name:<9} {med:>8.3f} ({lo:.2f}-{hi:.2f}) {s:>7.3f} {100 * err:>+10.1f}% {moved:>9.2f}x"
+              f" {busy[0]:>8.0%} /{sim_busy[0]:>6.0%} {busy[1]:>8.0%} /{sim_busy[1]:>6.0%}")
     print(f"SUMMARY worst |sim vs live| {100 * worst:.1f} % over {len(rows)} cells (goal 20 %)")
     return 0
 
