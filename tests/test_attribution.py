@@ -50,6 +50,22 @@ def test_link_and_compute_shares_from_known_bytes():
     assert A.compute_shares(engines, 0.0, 2.0)["pe_compute"] == pytest.approx(0.75)
 
 
+def test_write_backs_do_not_count_against_a_storage_nic():
+    """Write-backs constrain no link (simulated or live), so a DE's SNIC busy with them is not "limited":
+    its share is its reads' (here 40 %), not the 150 % its unpaced writes would make."""
+    caps = {"snic": 100.0, "cnic": 10.0, "dram": 1000.0}
+    links = pd.DataFrame({"t_start": [0.0, 0.0], "t_end": [1.0, 1.0], "node": ["d0", "d0"], "link": ["snic"] * 2,
+                          "direction": ["rx", "tx"], "bytes": [40, 150], "traffic": ["kv_read", "kv_write"]})
+    assert A.link_shares(links, caps, 0.0, 1.0)["snic_de"] == pytest.approx(0.4)
+
+
+def test_a_live_clusters_links_take_the_simulators_node_names():
+    links = pd.DataFrame({"node": ["node0", "node2", "storage", "node1"], "link": ["snic", "cnic", "node0", "snic"],
+                          "bytes": [1, 2, 3, 4]})
+    named = A.live_links_as_simulated(links, prefill_nodes=2)
+    assert named["node"].tolist() == ["p0", "d0", "p1"] and named["bytes"].tolist() == [1, 2, 4]
+
+
 def test_snic_far_too_slow_is_the_bottleneck_and_dualpath_uses_both_nics(cli, tmp_path):
     res, summary = run(cli, tmp_path, 4)  # 100x slower than the paper's 400 Gbps storage NIC
     basic, dual = summary["systems"]["basic"], summary["systems"]["dualpath"]
