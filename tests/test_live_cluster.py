@@ -96,7 +96,8 @@ def test_a_live_run_moves_the_bytes_its_requests_needed(tmp_path):
         pe, de = rows[rows.role == "prefill"], rows[rows.role == "decode"]
         assert set(pe.engine) == {"pe0"} and set(de.engine) == {"de0"}
         assert (pe.step_s > 0).all() and (pe.t >= 0).all() and (pe.t <= jct).all() and (pe.batch_requests >= 1).all()
-        assert ((de.t % 1.0).abs() < 1e-9).all() and len(de) == int(jct // 1.0) + 1
+        # a sample at every window's start until the run's end (which is at or after the last agent's)
+        assert de.t.tolist() == [float(k) for k in range(len(de))] and len(de) >= int(jct // 1.0) + 1
         assert ((de.batch_requests > 0) == (de.step_s > 0)).all()  # (3 samples may all find it idle)
         # the live cluster's run gets the simulator's answer, not the scraped server's "not attributable"
         verdict = summary["systems"][system]["bottleneck"]["verdict"]
